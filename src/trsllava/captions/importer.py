@@ -1,0 +1,110 @@
+"""The ``import`` backend: caption sets written by any VLM elsewhere, read from JSONL, CSV or parquet.
+
+Rows are ``{"filename": ..., "text": ...}`` with optional ``prompt``, ``variant`` and ``field``.
+They become rows of the merged caption table (``tables.CAPTIONS``), exactly as the generating
+backends write them, with the import's provenance on each row.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from .. import __version__
+from ..errors import TrsllavaError
+from ..tables import CAPTIONS, conform
+
+DEFAULT_PROMPT = "default"
+
+
+def read_caption_file(path: Path) -> pl.DataFrame:
+    """Read the raw rows of an imported caption file, with errors that name the file."""
+    if not path.is_file():
+        raise TrsllavaError(f"caption file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".jsonl", ".ndjson"):
+            frame = pl.read_ndjson(path, infer_schema_length=None)
+        elif suffix == ".csv":
+            frame = pl.read_csv(path, infer_schema=False)
+        elif suffix == ".parquet":
+            frame = pl.read_parquet(path)
+        else:
+            raise TrsllavaError(f"caption file {path}: unsupported extension '{suffix}' (use .jsonl, .csv or .parquet)")
+    except TrsllavaError:
+        raise
+    except Exception as exc:
+        raise TrsllavaError(f"caption file {path}: not readable: {exc}") from exc
+    missing = {"filename", "text"} - set(frame.columns)
+    if missing:
+        raise TrsllavaError(f"caption file {path}: missing column(s) {sorted(missing)}; found {frame.columns}")
+    return frame
+
+
+def import_captions(
+    path: Path, captioner: str, images: pl.DataFrame, model_id: str | None = None
+) -> tuple[pl.DataFrame, dict]:
+    """Return (caption table for the gallery ``images``, coverage report)."""
+    raw = read_caption_file(path)
+    for column, default in (("prompt", DEFAULT_PROMPT), ("variant", None), ("field", None)):
+        if column not in raw.columns:
+            raw = raw.with_columns(pl.lit(default).alias(column))
+    raw = conform(raw.rename({"filename": "image_id"}), {**CAPTIONS, "image_id": pl.String}, f"caption file {path}")
+    raw = raw.with_columns(
+        pl.col("text").str.strip_chars(),
+        pl.col("prompt").fill_null(DEFAULT_PROMPT),
+    )
+    empty = raw.filter(pl.col("text").is_null() | (pl.col("text") == ""))
+    raw = raw.filter(pl.col("text").is_not_null() & (pl.col("text") != ""))
+
+    gallery = set(images["image_id"].to_list())
+    unknown = raw.filter(~pl.col("image_id").is_in(gallery))
+    known = raw.filter(pl.col("image_id").is_in(gallery))
+    uncaptioned = sorted(gallery - set(known["image_id"].to_list()))
+
+    table = known.with_columns(
+        pl.lit(captioner).alias("captioner"),
+        pl.lit("import").alias("backend"),
+        pl.lit(model_id).cast(pl.String).alias("model_id"),
+        pl.lit(str(path)).alias("source"),
+        pl.lit(json.dumps({"trsllava": __version__, "polars": pl.__version__})).alias("versions"),
+    )
+    table = conform(table, CAPTIONS, f"caption file {path}").sort(
+        ["image_id", "prompt", "variant", "field"], nulls_last=True, maintain_order=True
+    )
+    coverage = {
+        "captioner": captioner,
+        "source": str(path),
+        "rows_read": raw.height + empty.height,
+        "rows_kept": table.height,
+        "empty_texts_dropped": empty.height,
+        "gallery_images": len(gallery),
+        "captioned_images": len(gallery) - len(uncaptioned),
+        "images_without_caption": uncaptioned,
+        "captions_for_unknown_images": unknown.height,
+        "unknown_images": sorted(set(unknown["image_id"].to_list())),
+        "prompts": table.group_by("prompt").len().sort("prompt").rows(),
+    }
+    return table, coverage
+
+
+def describe_coverage(coverage: dict, dataset: str) -> list[str]:
+    """Human-readable warnings for the log (empty when coverage is complete)."""
+    lines = []
+    if coverage["unknown_images"]:
+        names = coverage["unknown_images"]
+        lines.append(
+            f"{coverage['captions_for_unknown_images']} caption(s) in {coverage['source']} name {len(names)} image(s) "
+            f"not in the gallery of dataset '{dataset}' (ignored), e.g. {names[:5]}"
+        )
+    if coverage["images_without_caption"]:
+        names = coverage["images_without_caption"]
+        lines.append(
+            f"{len(names)} of {coverage['gallery_images']} gallery image(s) of dataset '{dataset}' have no caption in "
+            f"{coverage['source']}; they rank last for every query, e.g. {names[:5]}"
+        )
+    if coverage["empty_texts_dropped"]:
+        lines.append(f"{coverage['empty_texts_dropped']} empty caption text(s) in {coverage['source']} were dropped")
+    return lines

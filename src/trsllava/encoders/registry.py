@@ -1,0 +1,29 @@
+"""The encoder registry: config's ``encoders`` entries name a ``type`` from ENCODER_TYPES."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import TrsllavaError
+from .base import Encoder, Representation
+from .dense import DenseRepresentation, SentenceTransformerEncoder
+from .lexical import BM25Encoder, BM25Representation
+
+ENCODER_TYPES: dict[str, type[Encoder]] = {
+    SentenceTransformerEncoder.kind: SentenceTransformerEncoder,
+    BM25Encoder.kind: BM25Encoder,
+}
+
+
+def build_encoder(name: str, entry: dict) -> Encoder:
+    kind = entry.get("type")
+    if kind not in ENCODER_TYPES:
+        raise TrsllavaError(f"config: encoders.{name}.type is '{kind}'; known types: {sorted(ENCODER_TYPES)}")
+    return ENCODER_TYPES[kind](name, entry)
+
+
+def load_representation(name: str, entry: dict, directory: Path) -> Representation:
+    encoder = build_encoder(name, entry)
+    if isinstance(encoder, BM25Encoder):
+        return BM25Representation.load(Path(directory), encoder.stopwords)
+    return DenseRepresentation.load(Path(directory))

@@ -1,0 +1,1 @@
+"""The retrieval protocol of the field, in both directions, with exact tie handling."""

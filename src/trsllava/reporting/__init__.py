@@ -1,0 +1,1 @@
+"""Ablation tables and figures built from the per-evaluation metrics files."""

@@ -1,0 +1,289 @@
+"""Figures of the ablation table: an mR heatmap and recall bars per dataset, and a comparison with
+published numbers. Drawn with matplotlib's Agg canvas (no display, no pyplot global state) and
+written atomically as PNG and PDF."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from trsllava.atomic import atomic_path  # noqa: E402
+
+from .tables import load_reference_results  # noqa: E402
+
+DPI = 150
+LABEL_SIZE = 8
+WRAP = 40
+MAX_BAR_ROWS = 12
+KS = (1, 5, 10)
+DIRECTIONS = {"i2t": "image-to-text", "t2i": "text-to-image"}
+SEP = " · "
+DEFAULT_REFERENCE_NAMES = {"sample": "rsicd"}
+OURS_COLOR = "tab:orange"
+PUBLISHED_COLOR = "0.65"
+PAPER_COLOR = "0.35"  # the TRSLLaVA paper's own numbers: a darker grey among the published bars
+
+
+def wrap(label: str, width: int = WRAP) -> str:
+    """Wrap a label longer than ``width`` characters, preferring to break at the " · " separators."""
+    if len(label) <= width:
+        return label
+    return "\n".join(textwrap.wrap(label, width=width, break_long_words=True, break_on_hyphens=False))
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "dataset"
+
+
+def _save(fig: Figure, out_dir: Path, stem: str, formats) -> list[Path]:
+    FigureCanvasAgg(fig)
+    written = []
+    for fmt in formats:
+        path = Path(out_dir) / f"{stem}.{fmt}"
+        metadata = {"CreationDate": None} if fmt == "pdf" else None  # reproducible PDF bytes
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)
+        written.append(path)
+    return written
+
+
+def _row_label(row: dict, columns=("captioner", "prompt", "encoder", "aggregation")) -> str:
+    return SEP.join(str(row[c]) for c in columns)
+
+
+def _datasets(ablation: pl.DataFrame) -> list[str]:
+    return sorted(ablation["dataset"].drop_nulls().unique().to_list())
+
+
+# --------------------------------------------------------------------------------------------------
+# mR heatmap: caption set x encoder, best aggregation per cell
+
+
+def mr_heatmap(ablation: pl.DataFrame, dataset: str) -> Figure:
+    part = ablation.filter((pl.col("dataset") == dataset) & pl.col("mR").is_not_null() & pl.col("mR").is_not_nan())
+    best = (
+        part.sort("mR", descending=True, maintain_order=True)
+        .group_by(["captioner", "prompt", "encoder"], maintain_order=True)
+        .first()
+    )
+    caption_sets = sorted({(r["captioner"], r["prompt"]) for r in best.iter_rows(named=True)})
+    if not caption_sets:
+        fig = Figure(figsize=(4.5, 2.6))
+        ax = fig.add_subplot()
+        ax.axis("off")
+        ax.set_title(f"mR (%) — {dataset}", fontsize=10)
+        ax.text(0.5, 0.5, "no evaluation with an mR", ha="center", va="center", fontsize=LABEL_SIZE)
+        return fig
+    encoders = sorted(best["encoder"].unique().to_list())
+    values = np.full((len(caption_sets), len(encoders)), np.nan)
+    aggregations = [[""] * len(encoders) for _ in caption_sets]
+    for r in best.iter_rows(named=True):
+        i = caption_sets.index((r["captioner"], r["prompt"]))
+        j = encoders.index(r["encoder"])
+        values[i, j] = r["mR"]
+        aggregations[i][j] = str(r["aggregation"])
+
+    row_labels = [wrap(f"{c}{SEP}{p}") for c, p in caption_sets]
+    col_labels = [wrap(str(e), 20) for e in encoders]
+    label_lines = max(label.count("\n") + 1 for label in row_labels)
+    width = 3.0 + 1.5 * len(encoders) + 0.06 * max(len(l) for label in row_labels for l in label.split("\n"))
+    height = 1.6 + max(0.55, 0.22 * label_lines) * len(caption_sets)
+    fig = Figure(figsize=(max(width, 4.5), max(height, 2.6)))
+    ax = fig.add_subplot()
+    masked = np.ma.masked_invalid(values)
+    finite = values[np.isfinite(values)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if vmax - vmin < 1e-9:
+        vmin, vmax = vmin - 1.0, vmax + 1.0
+    image = ax.imshow(masked, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    cmap = image.get_cmap()
+    for i in range(len(caption_sets)):
+        for j in range(len(encoders)):
+            if not np.isfinite(values[i, j]):
+                ax.text(j, i, "n/a", ha="center", va="center", fontsize=LABEL_SIZE, color="0.4")
+                continue
+            red, green, blue, _ = cmap(image.norm(values[i, j]))
+            color = "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"
+            ax.text(j, i - 0.08, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=9, color=color,
+                    fontweight="bold")
+            ax.text(j, i + 0.22, aggregations[i][j], ha="center", va="center", fontsize=6, color=color)
+    ax.set_xticks(range(len(encoders)), col_labels, fontsize=LABEL_SIZE)
+    ax.set_yticks(range(len(caption_sets)), row_labels, fontsize=LABEL_SIZE)
+    ax.set_xlabel("encoder", fontsize=LABEL_SIZE)
+    ax.set_ylabel("caption set (captioner · prompt)", fontsize=LABEL_SIZE)
+    ax.set_title(f"mR (%) — {dataset}", fontsize=10)
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03)
+    colorbar.set_label("mR (%), best aggregation", fontsize=LABEL_SIZE)
+    colorbar.ax.tick_params(labelsize=LABEL_SIZE)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# recall bars: R@1, R@5, R@10 per evaluation, both directions, with tie bounds as error bars
+
+
+def recall_bars(ablation: pl.DataFrame, dataset: str) -> Figure:
+    part = ablation.filter(pl.col("dataset") == dataset)
+    part = part.sort("mR", descending=True, nulls_last=True, maintain_order=True).head(MAX_BAR_ROWS)
+    rows = list(part.iter_rows(named=True))
+    labels = [wrap(_row_label(r)) for r in rows]
+    label_lines = sum(label.count("\n") + 1 for label in labels)
+    longest = max(len(l) for label in labels for l in label.split("\n"))
+    height = 1.8 + 0.32 * max(len(rows), 1) + 0.14 * label_lines
+    fig = Figure(figsize=(8.5 + 0.06 * longest, max(height, 2.8)))
+    axes = fig.subplots(1, 2, sharey=True)
+    y = np.arange(len(rows))
+    bar_height = 0.8 / len(KS)
+    colors = ["tab:blue", "tab:green", "tab:purple"]
+    shown = False
+    for ax, (direction, title) in zip(axes, DIRECTIONS.items()):
+        top = 0.0
+        for index, k in enumerate(KS):
+            column = f"{direction}_r{k}"
+            expected = np.array([np.nan if r.get(column) is None else r[column] for r in rows], dtype=float)
+            offsets = y - 0.4 + bar_height * (index + 0.5)
+            xerr = None
+            optimistic, pessimistic = f"{column}_optimistic", f"{column}_pessimistic"
+            if optimistic in part.columns and pessimistic in part.columns:
+                high = np.array([np.nan if r[optimistic] is None else r[optimistic] for r in rows], dtype=float)
+                low = np.array([np.nan if r[pessimistic] is None else r[pessimistic] for r in rows], dtype=float)
+                below = np.clip(np.nan_to_num(expected - low), 0, None)
+                above = np.clip(np.nan_to_num(high - expected), 0, None)
+                xerr = np.vstack([below, above])
+                shown = shown or bool((xerr > 0).any())
+                top = max(top, float(np.nanmax(np.append(high, 0.0))))
+            top = max(top, float(np.nanmax(np.append(expected, 0.0))))
+            ax.barh(offsets, np.nan_to_num(expected), height=bar_height, color=colors[index], label=f"R@{k}",
+                    xerr=xerr, error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "black"})
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("recall (%)", fontsize=LABEL_SIZE)
+        ax.set_xlim(0, min(100.0, top * 1.08 + 1.0))
+        ax.tick_params(labelsize=LABEL_SIZE)
+        ax.grid(axis="x", linewidth=0.4, alpha=0.5)
+        ax.set_axisbelow(True)
+    axes[0].set_yticks(y, labels, fontsize=LABEL_SIZE)
+    axes[0].invert_yaxis()  # best mR on top
+    axes[1].legend(fontsize=LABEL_SIZE, loc="lower right")
+    subtitle = f"{len(rows)} evaluation(s) with the highest mR" if ablation.filter(
+        pl.col("dataset") == dataset).height > MAX_BAR_ROWS else f"{len(rows)} evaluation(s)"
+    if shown:
+        subtitle += "; error bars: pessimistic to optimistic tie bounds"
+    fig.suptitle(f"Recall@K — {dataset}\n{subtitle}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# our best result beside the published numbers
+
+
+def _published_rows(reference: pl.DataFrame, name: str) -> pl.DataFrame:
+    return reference.filter(pl.col("dataset").str.to_lowercase() == name.lower()).filter(pl.col("mR").is_not_null())
+
+
+def vs_published(
+    ablation: pl.DataFrame,
+    reference: pl.DataFrame | None = None,
+    reference_names: dict[str, str] | None = None,
+) -> Figure:
+    reference = load_reference_results() if reference is None else reference
+    reference_names = DEFAULT_REFERENCE_NAMES if reference_names is None else reference_names
+    mapping = {k.lower(): v for k, v in reference_names.items()}
+    datasets = _datasets(ablation)
+    sources: list[str] = []
+    panels = []
+    for dataset in datasets:
+        ours = ablation.filter((pl.col("dataset") == dataset) & pl.col("mR").is_not_null() & pl.col("mR").is_not_nan())
+        if ours.is_empty():
+            continue
+        best = ours.sort("mR", descending=True, maintain_order=True).row(0, named=True)
+        name = mapping.get(dataset.lower(), dataset)
+        published = _published_rows(reference, name)
+        bars = []  # (label, value, kind)
+        for r in published.iter_rows(named=True):
+            source = r.get("source") or ""
+            if source and source not in sources:
+                sources.append(source)
+            marker = f" [{sources.index(source) + 1}]" if source else ""
+            setting = f" ({r['setting']})" if r.get("setting") else ""
+            note = " †" if r.get("note") and "unverified" in str(r["note"]).lower() else ""
+            kind = "paper" if "trsllava" in str(r["method"]).lower() else "published"
+            bars.append((f"{r['method']}{setting}{marker}{note}", float(r["mR"]), kind))
+        bars.append((f"trsllava: {_row_label(best)}", float(best["mR"]), "ours"))
+        bars.sort(key=lambda bar: bar[1])
+        title = f"mR (%) — {dataset}"
+        if name.lower() != dataset.lower():
+            title += f"\n(reference numbers are for the full {name} test set)"
+        panels.append((title, bars, published.is_empty()))
+
+    heights = [max(len(bars), 1) * 0.3 + 0.9 for _, bars, _ in panels] or [1.0]
+    footnote = [f"[{i + 1}] {source}" for i, source in enumerate(sources)]
+    if any("†" in label for _, bars, _ in panels for label, _, _ in bars):
+        footnote.append("† unverified number")
+    footnote_lines = len(footnote)
+    footnote_height = 0.2 + 0.14 * footnote_lines
+    fig = Figure(figsize=(9.0, sum(heights) + footnote_height + 0.3))
+    if not panels:
+        ax = fig.add_subplot()
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no evaluation with an mR to compare", ha="center", va="center")
+        return fig
+    axes = fig.subplots(len(panels), 1, gridspec_kw={"height_ratios": heights}, squeeze=False)[:, 0]
+    colors = {"ours": OURS_COLOR, "published": PUBLISHED_COLOR, "paper": PAPER_COLOR}
+    for ax, (title, bars, no_reference) in zip(axes, panels):
+        labels = [wrap(label, 48) for label, _, _ in bars]
+        values = [value for _, value, _ in bars]
+        y = np.arange(len(bars))
+        ax.barh(y, values, color=[colors[kind] for _, _, kind in bars], height=0.7)
+        for yi, value, (_, _, kind) in zip(y, values, bars):
+            ax.text(value + 0.4, yi, f"{value:.2f}", va="center", fontsize=7,
+                    fontweight="bold" if kind == "ours" else "normal")
+        ax.set_yticks(y, labels, fontsize=LABEL_SIZE)
+        for tick, (_, _, kind) in zip(ax.get_yticklabels(), bars):
+            if kind == "ours":
+                tick.set_color(OURS_COLOR)
+                tick.set_fontweight("bold")
+        ax.set_xlim(0, max(values) * 1.12 + 2.0)
+        ax.set_xlabel("mR (%)", fontsize=LABEL_SIZE)
+        ax.tick_params(axis="x", labelsize=LABEL_SIZE)
+        ax.grid(axis="x", linewidth=0.4, alpha=0.5)
+        ax.set_axisbelow(True)
+        if no_reference:
+            title += "\n(no published numbers for this dataset)"
+        ax.set_title(title, fontsize=10)
+    bottom = footnote_height / fig.get_figheight()
+    if footnote:
+        fig.text(0.01, 0.01, "Sources: " + "\n".join(footnote), fontsize=6, va="bottom", ha="left", color="0.25")
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    return fig
+
+
+def write_figures(
+    ablation: pl.DataFrame,
+    out_dir: Path,
+    formats=("png", "pdf"),
+    reference_names: dict[str, str] | None = None,
+    reference: pl.DataFrame | None = None,
+) -> list[Path]:
+    """Write mr_heatmap_<dataset>, recall_bars_<dataset> and vs_published in each of ``formats``
+    under ``out_dir``; return the written paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for dataset in _datasets(ablation):
+        stem = _safe_name(dataset)
+        written += _save(mr_heatmap(ablation, dataset), out_dir, f"mr_heatmap_{stem}", formats)
+        written += _save(recall_bars(ablation, dataset), out_dir, f"recall_bars_{stem}", formats)
+    written += _save(vs_published(ablation, reference, reference_names), out_dir, "vs_published", formats)
+    return written

@@ -1,0 +1,123 @@
+"""The ablation table: every (dataset, captioner, prompt, encoder, aggregation) evaluation in one
+frame, written as CSV, Parquet, Markdown and LaTeX; and the published reference numbers."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import polars as pl
+from tabulate import tabulate
+
+from trsllava.atomic import write_csv, write_parquet, write_text
+
+KEY_COLUMNS = ["dataset", "captioner", "prompt", "encoder", "aggregation"]
+ABLATION_COLUMNS = [
+    *KEY_COLUMNS,
+    "i2t_r1",
+    "i2t_r5",
+    "i2t_r10",
+    "t2i_r1",
+    "t2i_r5",
+    "t2i_r10",
+    "mR",
+    "mR_optimistic",
+    "mR_pessimistic",
+]
+
+
+def gather_ablation(metric_files: list[Path]) -> pl.DataFrame:
+    """Concatenate the per-evaluation metrics parquet files into one ablation frame: the
+    ABLATION_COLUMNS first, then every other column, sorted by the key columns."""
+    files = [Path(f) for f in metric_files]
+    if not files:
+        raise ValueError("no metrics files to gather")
+    frame = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+    missing = [c for c in ABLATION_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"metrics files lack column(s) {missing}")
+    rest = [c for c in frame.columns if c not in ABLATION_COLUMNS]
+    return frame.select(ABLATION_COLUMNS + rest).sort(KEY_COLUMNS, maintain_order=True)
+
+
+def to_markdown(frame: pl.DataFrame) -> str:
+    """GitHub-flavoured Markdown table of the ABLATION_COLUMNS, numbers with 2 decimals."""
+    table = frame.select(ABLATION_COLUMNS)
+    numeric = [dtype.is_numeric() for dtype in table.dtypes]
+    rows = [
+        ["" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v)) for v in row] for row in table.rows()
+    ]
+    # text is formatted here so that tabulate never re-parses a prompt label such as "1" as a number
+    return tabulate(
+        rows,
+        headers=table.columns,
+        tablefmt="github",
+        disable_numparse=True,
+        colalign=["right" if is_num else "left" for is_num in numeric],
+    ) + "\n"
+
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#",
+                  "$": r"\$", "{": r"\{", "}": r"\}"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def _best_mr(frame: pl.DataFrame) -> list[bool]:
+    """Whether each row holds its dataset's best mR (ties all count as best)."""
+    best = frame.select((pl.col("mR") == pl.col("mR").max().over("dataset")).fill_null(False))
+    return best.to_series().to_list()
+
+
+def to_latex(frame: pl.DataFrame) -> str:
+    """A booktabs LaTeX tabular of the ABLATION_COLUMNS; each dataset's best mR in bold."""
+    table = frame.select(ABLATION_COLUMNS)
+    numeric = [dtype.is_numeric() for dtype in table.dtypes]
+    best = _best_mr(table)
+    mr_index = table.columns.index("mR")
+    spec = "".join("r" if is_num else "l" for is_num in numeric)
+    lines = [
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(latex_escape(c) for c in table.columns) + r" \\",
+        r"\midrule",
+    ]
+    previous_dataset = None
+    for row, is_best in zip(table.rows(), best):
+        if previous_dataset is not None and row[0] != previous_dataset:
+            lines.append(r"\midrule")
+        previous_dataset = row[0]
+        cells = []
+        for index, (value, is_num) in enumerate(zip(row, numeric)):
+            if value is None:
+                cell = "--"
+            elif is_num:
+                cell = f"{value:.2f}"
+            else:
+                cell = latex_escape(value)
+            if index == mr_index and is_best and value is not None:
+                cell = rf"\textbf{{{cell}}}"
+            cells.append(cell)
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_ablation(frame: pl.DataFrame, out_dir: Path) -> dict[str, Path]:
+    """Write ablation.{csv,parquet,md,tex} atomically under ``out_dir``; return them by format."""
+    out_dir = Path(out_dir)
+    paths = {fmt: out_dir / f"ablation.{fmt}" for fmt in ("csv", "parquet", "md", "tex")}
+    write_csv(frame, paths["csv"])
+    write_parquet(frame, paths["parquet"])
+    write_text(to_markdown(frame), paths["md"])
+    write_text(to_latex(frame), paths["tex"])
+    return paths
+
+
+def load_reference_results() -> pl.DataFrame:
+    """The published retrieval numbers packaged with trsllava (one row per method and source)."""
+    resource = resources.files("trsllava") / "data" / "reference_results.csv"
+    with resources.as_file(resource) as path:
+        return pl.read_csv(path, infer_schema_length=None)

@@ -1,0 +1,135 @@
+"""The workflow's stages as plain functions: Snakemake rules (and the CLI) only call these.
+
+Each stage reads the files named by its arguments and writes its outputs atomically, so a killed
+job never leaves a partial output that a rerun would trust.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from .atomic import write_json, write_parquet
+from .captions.importer import describe_coverage, import_captions
+from .datasets import DatasetSpec, load_dataset
+from .encoders import build_encoder, load_representation
+from .encoders.lexical import BM25Encoder
+from .errors import TrsllavaError
+from .evaluation.evaluate import evaluate
+from .evaluation.protocol import Settings
+from .index import write_index
+
+log = logging.getLogger(__name__)
+BUILTIN_CAPTIONS = Path(str(resources.files("trsllava") / "data" / "sample" / "captions" / "claude-sample.jsonl"))
+
+
+def dataset_spec(config: dict, dataset: str) -> DatasetSpec:
+    if dataset not in config["datasets"]:
+        raise TrsllavaError(f"config: dataset '{dataset}' is not defined under datasets")
+    return DatasetSpec.from_config(dataset, config["datasets"][dataset])
+
+
+def prepare_dataset(config: dict, dataset: str, images_out: Path, references_out: Path) -> None:
+    spec = dataset_spec(config, dataset)
+    images, references = load_dataset(spec)
+    log.info(
+        "dataset %s: %d gallery images (%d in split %s), %d reference captions (%d distinct)",
+        dataset, images.height, images.filter(pl.col("split") == spec.split).height, spec.split,
+        references.height, references["text"].n_unique(),
+    )
+    write_parquet(images, images_out)
+    write_parquet(references, references_out)
+
+
+def caption_file(config: dict, captioner: str, dataset: str) -> Path:
+    entry = config["captioners"][captioner]
+    value = entry["files"].get(dataset)
+    if value is None:
+        raise TrsllavaError(f"config: captioners.{captioner}.files has no entry for dataset '{dataset}'")
+    return BUILTIN_CAPTIONS if value == "builtin" else Path(value).expanduser()
+
+
+def import_caption_set(config: dict, dataset: str, captioner: str, images: Path, out: Path, coverage_out: Path) -> None:
+    source = caption_file(config, captioner, dataset)
+    table, coverage = import_captions(source, captioner, pl.read_parquet(images), config["captioners"][captioner].get("model"))
+    for line in describe_coverage(coverage, dataset):
+        log.warning(line)
+    if table.is_empty():
+        raise TrsllavaError(f"caption file {source}: no caption names an image of dataset '{dataset}'")
+    log.info("captioner %s on %s: %d texts (%d distinct) for %d images", captioner, dataset, table.height,
+             table["text"].n_unique(), coverage["captioned_images"])
+    write_parquet(table, out)
+    write_json(coverage, coverage_out)
+
+
+def unique_texts(table: Path) -> list[str]:
+    """Distinct texts in first-seen order: each is embedded once however often it occurs."""
+    return pl.read_parquet(table, columns=["text"])["text"].unique(maintain_order=True).to_list()
+
+
+def embed_texts(config: dict, encoder_name: str, table: Path, out_dir: Path) -> None:
+    encoder = build_encoder(encoder_name, config["encoders"][encoder_name])
+    texts = unique_texts(table)
+    log.info("encoder %s: %d distinct texts from %s", encoder_name, len(texts), table)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    encoder.represent(texts, Path(out_dir))
+
+
+def build_faiss_index(config: dict, encoder_name: str, captions_rep: Path, references_rep: Path, out_dir: Path) -> None:
+    entry = config["encoders"][encoder_name]
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    if isinstance(build_encoder(encoder_name, entry), BM25Encoder):
+        # lexical search uses the bm25s index saved with the representation; FAISS is for vectors
+        write_json({"type": "bm25", "index": str(Path(captions_rep) / "bm25")}, Path(out_dir) / "index.json")
+        return
+    captions = load_representation(encoder_name, entry, captions_rep)
+    queries = load_representation(encoder_name, entry, references_rep)
+    write_index(np.asarray(captions.vectors), np.asarray(queries.vectors), config.get("index", {}), Path(out_dir))
+
+
+def evaluation_settings(config: dict) -> Settings:
+    options = config.get("evaluation", {})
+    return Settings(
+        aggregations=tuple(config.get("aggregations", ["max", "mean", "rrf"])),
+        tie_tolerance=float(options.get("tie_tolerance", 1e-6)),
+        rrf_k=float(options.get("rrf_k", 60)),
+        memory_mb=float(options.get("memory_mb", 512)),
+    )
+
+
+def evaluate_caption_set(config: dict, dataset: str, captioner: str, encoder_name: str, inputs: dict, metrics_out: Path, ranks_out: Path) -> None:
+    evaluate(
+        dataset=dataset,
+        split=dataset_spec(config, dataset).split,
+        captioner=captioner,
+        encoder_name=encoder_name,
+        encoder_entry=config["encoders"][encoder_name],
+        images_path=Path(inputs["images"]),
+        references_path=Path(inputs["references"]),
+        captions_path=Path(inputs["captions"]),
+        reference_rep_dir=Path(inputs["references_rep"]),
+        generated_rep_dir=Path(inputs["captions_rep"]),
+        settings=evaluation_settings(config),
+        metrics_out=Path(metrics_out),
+        ranks_out=Path(ranks_out),
+    )
+
+
+def ablation_tables(metric_files: list[Path], out_dir: Path) -> None:
+    from .reporting.tables import gather_ablation, write_ablation
+
+    write_ablation(gather_ablation([Path(p) for p in metric_files]), Path(out_dir))
+
+
+def figures(config: dict, ablation: Path, out_dir: Path) -> None:
+    from .reporting.figures import write_figures
+
+    options = config.get("figures", {})
+    write_figures(
+        pl.read_parquet(ablation), Path(out_dir), formats=tuple(options.get("formats", ("png", "pdf"))),
+        reference_names=options.get("reference_names", {}),
+    )

@@ -1,0 +1,156 @@
+"""Rendering tests of the ablation tables and figures on a made-up ablation table."""
+
+from __future__ import annotations
+
+import itertools
+
+import polars as pl
+import pytest
+
+from trsllava.reporting.figures import write_figures
+from trsllava.reporting.tables import ABLATION_COLUMNS, gather_ablation, load_reference_results, write_ablation
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+DATASETS = ["sample", "rsitmd"]
+ENCODERS = ["minilm", "mpnet"]
+PROMPTS = ["one_sentence", "rsrt_detailed"]
+AGGREGATIONS = ["max", "mean", "rrf"]
+BEST = ("rsitmd", "qwen2_vl", "rsrt_detailed", "mpnet", "max")  # carries 42.62, the best mR of rsitmd
+
+
+def synthetic_rows() -> list[dict]:
+    rows = []
+    for n, (dataset, encoder, prompt, aggregation) in enumerate(
+        itertools.product(DATASETS, ENCODERS, PROMPTS, AGGREGATIONS)
+    ):
+        base = 4.0 + (n * 7.31) % 12.0 + 1 / 3  # keeps every other mR below 42.62
+        row = {"dataset": dataset, "captioner": "qwen2_vl", "prompt": prompt, "encoder": encoder,
+               "aggregation": aggregation}
+        values = []
+        for direction, k in itertools.product(("i2t", "t2i"), (1, 5, 10)):
+            value = min(100.0, base * (1 + k / 4) * (0.9 if direction == "t2i" else 1.0))
+            row[f"{direction}_r{k}"] = value
+            row[f"{direction}_r{k}_optimistic"] = min(100.0, value + 1.5)
+            row[f"{direction}_r{k}_pessimistic"] = max(0.0, value - 2.0)
+            values.append(value)
+        row["mR"] = sum(values) / len(values)
+        if (dataset, row["captioner"], prompt, encoder, aggregation) == BEST:
+            row["mR"] = 42.62
+        row["mR_optimistic"] = row["mR"] + 1.5
+        row["mR_pessimistic"] = row["mR"] - 2.0
+        row["n_t2i_queries"] = 50
+        row["n_i2t_queries"] = 10
+        row["n_gallery_images"] = 10
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture
+def metric_files(tmp_path):
+    """One metrics parquet per (dataset, encoder), columns in a scrambled order, rows shuffled."""
+    frame = pl.DataFrame(synthetic_rows()).sample(fraction=1.0, shuffle=True, seed=3)
+    frame = frame.select(sorted(frame.columns, reverse=True))
+    paths = []
+    for (dataset, encoder), part in frame.group_by(["dataset", "encoder"]):
+        path = tmp_path / "metrics" / f"{dataset}_{encoder}.parquet"
+        path.parent.mkdir(exist_ok=True)
+        part.write_parquet(path)
+        paths.append(path)
+    return paths
+
+
+def test_gather_ablation_order(metric_files):
+    ablation = gather_ablation(metric_files)
+    assert ablation.columns[: len(ABLATION_COLUMNS)] == ABLATION_COLUMNS
+    assert {"i2t_r1_optimistic", "t2i_r10_pessimistic", "n_t2i_queries", "n_gallery_images"} <= set(
+        ablation.columns[len(ABLATION_COLUMNS):]
+    )
+    assert ablation.height == len(DATASETS) * len(ENCODERS) * len(PROMPTS) * len(AGGREGATIONS)
+    keys = ["dataset", "captioner", "prompt", "encoder", "aggregation"]
+    key_rows = ablation.select(keys).rows()
+    assert key_rows == sorted(key_rows)
+    assert ablation["dataset"][0] == "rsitmd"
+
+
+def test_write_ablation(metric_files, tmp_path):
+    ablation = gather_ablation(metric_files)
+    paths = write_ablation(ablation, tmp_path / "out")
+    assert set(paths) == {"csv", "parquet", "md", "tex"}
+    assert all(p.exists() and p.stat().st_size > 0 for p in paths.values())
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+
+    assert pl.read_parquet(paths["parquet"]).equals(ablation)
+    csv = pl.read_csv(paths["csv"])
+    assert csv.columns == ablation.columns
+    assert csv["i2t_r1"].to_list() == pytest.approx(ablation["i2t_r1"].to_list(), abs=1e-12)  # full precision
+
+    markdown = paths["md"].read_text().splitlines()
+    header = [cell.strip() for cell in markdown[0].strip("|").split("|")]
+    assert header == ABLATION_COLUMNS
+    assert set(markdown[1]) <= set("|-: ")
+    assert len(markdown) == 2 + ablation.height
+    best_line = next(line for line in markdown if "42.62" in line)
+    assert "rsrt_detailed" in best_line and "mpnet" in best_line
+    assert "44.12" in best_line and "40.62" in best_line  # its mR bounds, 2 decimals
+    assert "i2t_r1_optimistic" not in markdown[0]
+    # every number has exactly two decimals
+    cells = [c.strip() for line in markdown[2:] for c in line.strip("|").split("|")][5:14]
+    assert all(len(c.split(".")[1]) == 2 for c in cells)
+
+    latex = paths["tex"].read_text()
+    assert r"\toprule" in latex and r"\midrule" in latex and r"\bottomrule" in latex
+    assert r"i2t\_r1" in latex and r"rsrt\_detailed" in latex and r"qwen2\_vl" in latex
+    assert "rsrt_detailed" not in latex
+    assert r"\textbf{42.62}" in latex
+    assert latex.count(r"\textbf{") == len(DATASETS)  # one best mR per dataset
+    body = [line for line in latex.splitlines() if line.endswith(r"\\")][1:]
+    assert all(line.count("&") == len(ABLATION_COLUMNS) - 1 for line in body)
+
+
+def test_latex_escapes_specials():
+    from trsllava.reporting.tables import latex_escape
+
+    assert latex_escape("a_b & c% #1") == r"a\_b \& c\% \#1"
+
+
+def _check_figures(paths, expected, out):
+    assert sorted(paths) == sorted(out / name for name in expected)
+    for path in paths:
+        data = path.read_bytes()
+        assert len(data) > 1000
+        if path.suffix == ".png":
+            assert data.startswith(PNG_MAGIC)
+        else:
+            assert data.startswith(b"%PDF")
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_write_figures(metric_files, tmp_path):
+    ablation = gather_ablation(metric_files)
+    out = tmp_path / "figures"
+    paths = write_figures(ablation, out)
+    expected = [
+        f"{stem}.{fmt}"
+        for stem in ["mr_heatmap_sample", "mr_heatmap_rsitmd", "recall_bars_sample", "recall_bars_rsitmd",
+                     "vs_published"]
+        for fmt in ("png", "pdf")
+    ]
+    _check_figures(paths, expected, out)
+
+
+def test_write_figures_single_row(tmp_path):
+    row = synthetic_rows()[0]
+    ablation = pl.DataFrame([{c: row[c] for c in ABLATION_COLUMNS}])  # no bound columns at all
+    out = tmp_path / "one"
+    paths = write_figures(ablation, out, formats=("png",))
+    _check_figures(paths, ["mr_heatmap_sample.png", "recall_bars_sample.png", "vs_published.png"], out)
+
+
+def test_load_reference_results():
+    reference = load_reference_results()
+    assert "source" in reference.columns
+    assert reference["source"].null_count() == 0
+    assert set(reference["dataset"].unique()) == {"rsitmd", "rsicd"}
+    # the shared notes file has 20 lines: a header and 19 published rows
+    assert reference.height == 19
+    assert {"CLIP ViT-B/32", "TRSLLaVA"} <= set(reference["method"])

@@ -1,0 +1,11 @@
+from pathlib import Path
+
+from trsllava import steps
+from trsllava.snakemake_glue import run
+
+run(
+    snakemake,
+    steps.ablation_tables,
+    metric_files=list(snakemake.input),
+    out_dir=Path(snakemake.output[0]).parent,
+)

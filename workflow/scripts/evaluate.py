@@ -1,0 +1,13 @@
+from trsllava import steps
+from trsllava.snakemake_glue import run
+
+run(
+    snakemake,
+    steps.evaluate_caption_set,
+    dataset=snakemake.wildcards.dataset,
+    captioner=snakemake.wildcards.captioner,
+    encoder_name=snakemake.wildcards.encoder,
+    inputs=dict(snakemake.input.items()),
+    metrics_out=snakemake.output.metrics,
+    ranks_out=snakemake.output.ranks,
+)

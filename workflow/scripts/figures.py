@@ -1,0 +1,11 @@
+from pathlib import Path
+
+from trsllava import steps
+from trsllava.snakemake_glue import run
+
+run(
+    snakemake,
+    steps.figures,
+    ablation=snakemake.input[0],
+    out_dir=Path(snakemake.output[0]).parent,
+)
