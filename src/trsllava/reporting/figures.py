@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from trsllava.atomic import atomic_path  # noqa: E402
 
@@ -174,7 +175,7 @@ def recall_bars(ablation: pl.DataFrame, dataset: str) -> Figure:
         ax.set_axisbelow(True)
     axes[0].set_yticks(y, labels, fontsize=LABEL_SIZE)
     axes[0].invert_yaxis()  # best mR on top
-    axes[1].legend(fontsize=LABEL_SIZE, loc="lower right")
+    axes[1].legend(fontsize=LABEL_SIZE, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     subtitle = f"{len(rows)} evaluation(s) with the highest mR" if ablation.filter(
         pl.col("dataset") == dataset).height > MAX_BAR_ROWS else f"{len(rows)} evaluation(s)"
     if shown:
@@ -232,7 +233,7 @@ def vs_published(
     if any("†" in label for _, bars, _ in panels for label, _, _ in bars):
         footnote.append("† unverified number")
     footnote_lines = len(footnote)
-    footnote_height = 0.2 + 0.14 * footnote_lines
+    footnote_height = 0.15 + 0.105 * max(footnote_lines + 1, 6)  # room for the legend beside it
     fig = Figure(figsize=(9.0, sum(heights) + footnote_height + 0.3))
     if not panels:
         ax = fig.add_subplot()
@@ -242,7 +243,7 @@ def vs_published(
     axes = fig.subplots(len(panels), 1, gridspec_kw={"height_ratios": heights}, squeeze=False)[:, 0]
     colors = {"ours": OURS_COLOR, "published": PUBLISHED_COLOR, "paper": PAPER_COLOR}
     for ax, (title, bars, no_reference) in zip(axes, panels):
-        labels = [wrap(label, 48) for label, _, _ in bars]
+        labels = [wrap(label, 56) for label, _, _ in bars]
         values = [value for _, value, _ in bars]
         y = np.arange(len(bars))
         ax.barh(y, values, color=[colors[kind] for _, _, kind in bars], height=0.7)
@@ -262,9 +263,16 @@ def vs_published(
         if no_reference:
             title += "\n(no published numbers for this dataset)"
         ax.set_title(title, fontsize=10)
+    kinds = {kind for _, bars, _ in panels for _, _, kind in bars}
+    handles = [
+        Patch(color=colors[kind], label=text)
+        for kind, text in (("ours", "this run (best mR)"), ("paper", "TRSLLaVA paper"), ("published", "published"))
+        if kind in kinds
+    ]
+    fig.legend(handles=handles, fontsize=7, loc="lower right", bbox_to_anchor=(0.99, 0.01), frameon=False)
     bottom = footnote_height / fig.get_figheight()
     if footnote:
-        fig.text(0.01, 0.01, "Sources: " + "\n".join(footnote), fontsize=6, va="bottom", ha="left", color="0.25")
+        fig.text(0.01, 0.01, "\n".join(["Sources:", *footnote]), fontsize=6, va="bottom", ha="left", color="0.25")
     fig.tight_layout(rect=(0, bottom, 1, 1))
     return fig
 
