@@ -119,7 +119,7 @@ def evaluate_caption_set(config: dict, dataset: str, captioner: str, encoder_nam
     )
 
 
-def ablation_tables(metric_files: list[Path], out_dir: Path) -> None:
+def ablation_tables(config: dict, metric_files: list[Path], out_dir: Path) -> None:
     from .reporting.tables import gather_ablation, write_ablation
 
     write_ablation(gather_ablation([Path(p) for p in metric_files]), Path(out_dir))

@@ -1,16 +1,7 @@
 # Shared helpers: config validation, the experiment grid, output paths.
-import os
-from pathlib import Path
-
 from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml")
-
-# Rules run the package from this checkout (no install needed inside conda envs).
-SRC = str(Path(workflow.basedir) / "src")
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (SRC, os.environ.get("PYTHONPATH", "")) if p
-)
 
 R = config["results"]
 NAME = "[A-Za-z0-9][A-Za-z0-9_.-]*"

@@ -1,3 +1,7 @@
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../../src")  # the package of this checkout, also in conda envs
+
 from trsllava import steps
 from trsllava.snakemake_glue import run
 
