@@ -1,0 +1,121 @@
+"""The whole workflow through Snakemake on the built-in sample, as a user runs it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from reference_protocol import naive_evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
+
+
+def snakemake(workdir, *args, check=True):
+    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def write_config(workdir: Path, **changes) -> Path:
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["results"] = str(workdir / "results")
+    config.update(changes)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = write_config(tmp_path_factory.mktemp("run"))
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+def test_ablation_has_exactly_the_expected_rows(finished_run):
+    ablation = pl.read_csv(finished_run / "results" / "ablation.csv")
+    prompts = ["fused", "rsicd_style", "rsrt", "rsrt/caption", "rsrt/feature", "rsrt/one_sentence"]
+    expected = sorted(("sample", "claude-sample", p, e, a) for p in prompts for e in ("bm25", "minilm") for a in ("max", "mean", "rrf"))
+    assert sorted(ablation.select("dataset", "captioner", "prompt", "encoder", "aggregation").rows()) == expected
+    assert ablation.columns[:14] == ["dataset", "captioner", "prompt", "encoder", "aggregation", "i2t_r1", "i2t_r5", "i2t_r10",
+                                     "t2i_r1", "t2i_r5", "t2i_r10", "mR", "mR_optimistic", "mR_pessimistic"]
+    assert set(ablation["n_t2i_queries"]) == {300} and set(ablation["n_i2t_queries"]) == {60}
+    assert (ablation["mR_pessimistic"] <= ablation["mR"] + 1e-9).all() and (ablation["mR"] <= ablation["mR_optimistic"] + 1e-9).all()
+    for ext in ("parquet", "md", "tex"):
+        assert (finished_run / "results" / f"ablation.{ext}").stat().st_size > 0
+
+
+@pytest.mark.parametrize("prompt", ["rsicd_style", "rsrt/one_sentence"])
+def test_minilm_rows_match_an_independent_computation(finished_run, prompt):
+    """Encode with sentence-transformers directly and score with the naive per-query protocol."""
+    from sentence_transformers import SentenceTransformer
+
+    from trsllava.encoders.weights import resolve_model
+
+    results = finished_run / "results" / "sample"
+    references = pl.read_parquet(results / "dataset" / "references.parquet")
+    captions = pl.read_parquet(results / "captions" / "claude-sample.parquet")
+    captions = captions.filter(pl.col("prompt") == prompt.split("/")[0])
+    if "/" in prompt:
+        captions = captions.filter(pl.col("field") == prompt.split("/")[1])
+    model = SentenceTransformer(resolve_model("minilm"), device="cpu")
+    ref_vecs = model.encode(references["text"].to_list(), normalize_embeddings=True)
+    gen_vecs = model.encode(captions["text"].to_list(), normalize_embeddings=True)
+    image_ids = pl.read_parquet(results / "dataset" / "images.parquet")["image_id"].to_list()
+    naive = naive_evaluate(ref_vecs, references["image_id"].to_list(), gen_vecs, captions["image_id"].to_list(), image_ids)
+    row = pl.read_csv(finished_run / "results" / "ablation.csv").filter(
+        (pl.col("prompt") == prompt) & (pl.col("encoder") == "minilm") & (pl.col("aggregation") == "max")
+    ).row(0, named=True)
+    for key, value in naive.items():
+        assert row[key] == pytest.approx(value, abs=0.01), key
+
+
+def test_outputs_per_query_ranks_coverage_and_index(finished_run):
+    results = finished_run / "results" / "sample"
+    ranks = pl.read_parquet(results / "eval" / "minilm" / "claude-sample.ranks.parquet")
+    assert ranks.height == (300 + 60) * 6 * 3
+    assert (ranks["rank_optimistic"] <= ranks["rank_expected"]).all() and (ranks["rank_expected"] <= ranks["rank_pessimistic"]).all()
+    coverage = yaml.safe_load((results / "captions" / "claude-sample.coverage.json").read_text())
+    assert coverage["captioned_images"] == 60 and coverage["images_without_caption"] == []
+    assert (results / "index" / "minilm" / "claude-sample" / "index.faiss").stat().st_size > 0
+
+
+def test_figures_target_redraws_without_recomputing(finished_run):
+    assert "Nothing to be done" in snakemake(finished_run, "-n", "figures").stdout
+    for figure in (finished_run / "results" / "figures").iterdir():
+        figure.unlink()
+    plan = snakemake(finished_run, "-n", "figures", "--quiet", "rules").stdout
+    assert "draw_figures" in plan and "evaluate" not in plan and "embed" not in plan
+    snakemake(finished_run, "--cores", "1", "figures")
+    names = sorted(p.name for p in (finished_run / "results" / "figures").iterdir())
+    assert names == sorted(f"{n}.{e}" for n in ("mr_heatmap_sample", "recall_bars_sample", "vs_published") for e in ("pdf", "png"))
+
+
+def test_report_and_lint(finished_run):
+    snakemake(finished_run, "--report", str(finished_run / "report.html"))
+    html = (finished_run / "report.html").read_text(errors="replace")
+    assert "mr_heatmap_sample.png" in html and "ablation.csv" in html
+    lint = snakemake(finished_run, "--lint")
+    assert "Congratulations" in lint.stdout + lint.stderr and "Lints for" not in lint.stdout + lint.stderr
+
+
+def test_invalid_config_value_is_named(tmp_path):
+    workdir = write_config(tmp_path, aggregations=["median"])
+    result = snakemake(workdir, "-n", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "'median' is not one of" in output and "instance['aggregations'][0]" in output
+
+
+def test_unknown_encoder_alias_fails_with_one_clear_line(tmp_path):
+    workdir = write_config(tmp_path, encoders={"typo": {"type": "sentence-transformers", "model": "minilmx"}})
+    result = snakemake(workdir, "--cores", "1", check=False)
+    assert result.returncode != 0
+    assert "unknown encoder alias 'minilmx'" in result.stdout + result.stderr
+    # work finished before the failure is kept: the dataset tables and captions stay in place
+    assert (workdir / "results" / "sample" / "captions" / "claude-sample.parquet").is_file()
