@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 import yaml
@@ -119,3 +118,12 @@ def test_unknown_encoder_alias_fails_with_one_clear_line(tmp_path):
     assert "unknown encoder alias 'minilmx'" in result.stdout + result.stderr
     # work finished before the failure is kept: the dataset tables and captions stay in place
     assert (workdir / "results" / "sample" / "captions" / "claude-sample.parquet").is_file()
+
+
+def test_cli_redraws_figures_from_existing_results(finished_run):
+    from trsllava.cli import main
+
+    (finished_run / "results" / "figures" / "vs_published.png").unlink()
+    assert main(["figures", "--results", str(finished_run / "results"), "--config", str(finished_run / "config.yaml")]) == 0
+    assert (finished_run / "results" / "figures" / "vs_published.png").stat().st_size > 0
+    assert main(["figures", "--results", str(finished_run / "nothing-here")]) == 1

@@ -6,9 +6,35 @@ Every stage reads and writes polars frames with exactly these schemas, so a stag
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 
 from .errors import TrsllavaError
+
+READERS = {
+    ".jsonl": lambda path: pl.read_ndjson(path, infer_schema_length=None),
+    ".ndjson": lambda path: pl.read_ndjson(path, infer_schema_length=None),
+    ".csv": lambda path: pl.read_csv(path, infer_schema=False),  # all strings: conform() types them
+    ".parquet": pl.read_parquet,
+}
+
+
+def read_rows(path: Path, required: set[str], what: str = "caption file") -> pl.DataFrame:
+    """Read a JSONL, CSV or parquet file of rows with errors that name the file and the columns."""
+    if not path.is_file():
+        raise TrsllavaError(f"{what} not found: {path}")
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise TrsllavaError(f"{what} {path}: unsupported extension '{path.suffix}' (use one of {sorted(READERS)})")
+    try:
+        frame = reader(path)
+    except Exception as exc:  # polars raises many kinds of parse errors
+        raise TrsllavaError(f"{what} {path}: not readable: {exc}") from exc
+    missing = required - set(frame.columns)
+    if missing:
+        raise TrsllavaError(f"{what} {path}: missing column(s) {sorted(missing)}; found {frame.columns}")
+    return frame
 
 # One row per image of a dataset (all splits; evaluation picks its split).
 IMAGES = {

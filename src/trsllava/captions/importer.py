@@ -13,41 +13,16 @@ from pathlib import Path
 import polars as pl
 
 from .. import __version__
-from ..errors import TrsllavaError
-from ..tables import CAPTIONS, conform
+from ..tables import CAPTIONS, conform, read_rows
 
 DEFAULT_PROMPT = "default"
-
-
-def read_caption_file(path: Path) -> pl.DataFrame:
-    """Read the raw rows of an imported caption file, with errors that name the file."""
-    if not path.is_file():
-        raise TrsllavaError(f"caption file not found: {path}")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".jsonl", ".ndjson"):
-            frame = pl.read_ndjson(path, infer_schema_length=None)
-        elif suffix == ".csv":
-            frame = pl.read_csv(path, infer_schema=False)
-        elif suffix == ".parquet":
-            frame = pl.read_parquet(path)
-        else:
-            raise TrsllavaError(f"caption file {path}: unsupported extension '{suffix}' (use .jsonl, .csv or .parquet)")
-    except TrsllavaError:
-        raise
-    except Exception as exc:
-        raise TrsllavaError(f"caption file {path}: not readable: {exc}") from exc
-    missing = {"filename", "text"} - set(frame.columns)
-    if missing:
-        raise TrsllavaError(f"caption file {path}: missing column(s) {sorted(missing)}; found {frame.columns}")
-    return frame
 
 
 def import_captions(
     path: Path, captioner: str, images: pl.DataFrame, model_id: str | None = None
 ) -> tuple[pl.DataFrame, dict]:
     """Return (caption table for the gallery ``images``, coverage report)."""
-    raw = read_caption_file(path)
+    raw = read_rows(path, {"filename", "text"})
     for column, default in (("prompt", DEFAULT_PROMPT), ("variant", None), ("field", None)):
         if column not in raw.columns:
             raw = raw.with_columns(pl.lit(default).alias(column))

@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from ..errors import TrsllavaError
-from ..tables import IMAGES, REFERENCES, conform
+from ..tables import IMAGES, REFERENCES, conform, read_rows
 
 BUILTIN_SAMPLE_DIR = Path(str(resources.files("trsllava") / "data" / "sample"))
 BUILTIN_ANNOTATIONS = BUILTIN_SAMPLE_DIR / "dataset_rsicd_sample.json"
@@ -109,20 +109,7 @@ def _read_karpathy(path: Path) -> list[dict]:
 
 def _read_generic(path: Path, default_split: str) -> list[dict]:
     """A CSV or JSONL file of rows (filename, caption[, split]); several rows per image."""
-    try:
-        if path.suffix.lower() == ".csv":
-            frame = pl.read_csv(path, infer_schema=False)
-        elif path.suffix.lower() in (".jsonl", ".ndjson"):
-            frame = pl.read_ndjson(path)
-        else:
-            raise TrsllavaError(f"caption file {path}: unsupported extension '{path.suffix}' (use .csv or .jsonl)")
-    except TrsllavaError:
-        raise
-    except Exception as exc:
-        raise TrsllavaError(f"caption file {path}: not readable: {exc}") from exc
-    missing = {"filename", "caption"} - set(frame.columns)
-    if missing:
-        raise TrsllavaError(f"caption file {path}: missing column(s) {sorted(missing)} (found {frame.columns})")
+    frame = read_rows(path, {"filename", "caption"})
     if "split" not in frame.columns:
         frame = frame.with_columns(pl.lit(default_split).alias("split"))
     frame = frame.select(pl.col("filename", "caption", "split").cast(pl.String))
