@@ -35,6 +35,13 @@ def import_captions(
     raw = raw.filter(pl.col("text").is_not_null() & (pl.col("text") != ""))
 
     gallery = set(images["image_id"].to_list())
+    # VLM jobs elsewhere often record the path they read ("images/test/a.jpg"): match on the file name
+    raw = raw.with_columns(
+        pl.when(pl.col("image_id").is_in(gallery))
+        .then(pl.col("image_id"))
+        .otherwise(pl.col("image_id").str.replace(r"^.*[/\\]", ""))
+        .alias("image_id")
+    )
     unknown = raw.filter(~pl.col("image_id").is_in(gallery))
     known = raw.filter(pl.col("image_id").is_in(gallery))
     uncaptioned = sorted(gallery - set(known["image_id"].to_list()))
