@@ -1,0 +1,1 @@
+"""Caption generation: the prompt registry, output parsing and quality checks of the VLM backends."""

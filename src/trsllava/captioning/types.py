@@ -1,0 +1,34 @@
+"""The request and result records every captioning backend (transformers, vLLM, OpenAI) speaks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class GenerationRequest:
+    """One image and one user prompt; ``n`` samples are wanted.
+
+    ``json_schema``: a JSON schema the output should follow. Backends with constrained decoding
+    (vLLM) enforce it; the others ignore it and the caller validates the texts afterwards.
+    """
+
+    image_path: str
+    prompt_text: str
+    n: int = 1
+    json_schema: dict | None = None
+
+
+@dataclass
+class GenerationResult:
+    """The ``n`` texts generated for one request, in sample order.
+
+    ``finish_reasons[i]`` is "stop" (the model ended the text) or "length" (max_new_tokens hit).
+    ``prompt_tokens`` counts the prompt once (image tokens included); ``completion_tokens`` is the
+    total over the ``n`` samples.
+    """
+
+    texts: list[str]
+    finish_reasons: list[str]
+    prompt_tokens: int
+    completion_tokens: int
