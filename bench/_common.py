@@ -8,8 +8,14 @@ import os
 import platform
 import resource
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # there is no model hub here: never download
+if TYPE_CHECKING:
+    import numpy as np
+
+os.environ.setdefault(
+    "HF_HUB_OFFLINE", "1"
+)  # there is no model hub here: never download
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -17,7 +23,12 @@ RESULTS_DIR = BENCH_DIR / "results"
 RSICD_JSON = Path("/work/shared/data/rsicd/dataset_rsicd.json")
 CACHE_DIR = Path(os.environ.get("TRSLLAVA_CACHE", Path.home() / ".cache" / "trsllava"))
 BENCH_CACHE = CACHE_DIR / "bench"
-MINILM_ENTRY = {"type": "sentence-transformers", "model": "minilm", "device": "cpu", "batch_size": 64}
+MINILM_ENTRY = {
+    "type": "sentence-transformers",
+    "model": "minilm",
+    "device": "cpu",
+    "batch_size": 64,
+}
 
 STAND_IN_NOTE = (
     "STAND-IN database texts: no VLM caption set exists for RSICD here, so every image's own 5 human "
@@ -38,7 +49,14 @@ def machine() -> dict:
 def write_results(name: str, payload: dict, path: Path | None = None) -> Path:
     path = Path(path) if path else RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"benchmark": name, "machine": machine(), **payload}, indent=2, default=_plain) + "\n")
+    path.write_text(
+        json.dumps(
+            {"benchmark": name, "machine": machine(), **payload},
+            indent=2,
+            default=_plain,
+        )
+        + "\n"
+    )
     return path
 
 
@@ -55,11 +73,19 @@ def _plain(value):
     return str(value)
 
 
-def rsicd_spec(gallery: str = "split", annotations: Path = RSICD_JSON, split: str = "test"):
+def rsicd_spec(
+    gallery: str = "split", annotations: Path = RSICD_JSON, split: str = "test"
+):
     from trsllava.datasets import load as dataset_load
 
     return dataset_load.DatasetSpec.from_config(
-        "rsicd", {"format": "karpathy", "annotations": str(annotations), "split": split, "gallery": gallery}
+        "rsicd",
+        {
+            "format": "karpathy",
+            "annotations": str(annotations),
+            "split": split,
+            "gallery": gallery,
+        },
     )
 
 
@@ -78,12 +104,16 @@ def stand_in_captions(references):
     return conform(table, CAPTIONS, "stand-in captions")
 
 
-def unique_texts(texts: list[str]) -> tuple[list[str], "np.ndarray"]:
+def unique_texts(texts: list[str]) -> tuple[list[str], np.ndarray]:
     """Unique texts in first-seen order and, per input text, its position among them."""
     import numpy as np
 
     index: dict[str, int] = {}
-    inverse = np.fromiter((index.setdefault(t, len(index)) for t in texts), dtype=np.int64, count=len(texts))
+    inverse = np.fromiter(
+        (index.setdefault(t, len(index)) for t in texts),
+        dtype=np.int64,
+        count=len(texts),
+    )
     return list(index), inverse
 
 
@@ -122,10 +152,18 @@ def _status_kb(field: str) -> float:
 
 def table(headers: list[str], rows: list[list], aligns: str | None = None) -> str:
     cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
+        for i, h in enumerate(headers)
+    ]
     aligns = aligns or "l" + "r" * (len(headers) - 1)
 
     def line(values):
-        return "  ".join(v.ljust(w) if a == "l" else v.rjust(w) for v, w, a in zip(values, widths, aligns))
+        return "  ".join(
+            v.ljust(w) if a == "l" else v.rjust(w)
+            for v, w, a in zip(values, widths, aligns)
+        )
 
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
+    return "\n".join(
+        [line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells]
+    )

@@ -97,7 +97,7 @@ def evaluation_settings(config: dict) -> Settings:
         aggregations=tuple(config.get("aggregations", ["max", "mean", "rrf"])),
         tie_tolerance=float(options.get("tie_tolerance", 1e-6)),
         rrf_k=float(options.get("rrf_k", 60)),
-        memory_mb=float(options.get("memory_mb", 512)),
+        memory_mb=float(options.get("memory_mb", 256)),
     )
 
 

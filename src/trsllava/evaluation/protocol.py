@@ -39,7 +39,7 @@ class Settings:
     aggregations: tuple[str, ...] = AGGREGATIONS
     tie_tolerance: float = 1e-6
     rrf_k: float = 60.0
-    memory_mb: float = 512.0
+    memory_mb: float = 256.0
     progress: bool = True
 
 
@@ -175,15 +175,15 @@ class Protocol:
                 for aggregation in settings.aggregations:
                     scores = np.full((len(images), n_refs), -np.inf, dtype=np.float64)
                     if sims is not None:
-                        per_row = sims[inverse][:, self.ref_text]  # (rows x reference captions)
-                        if aggregation == "rrf":
-                            per_row = 1.0 / (settings.rrf_k + rankdata(-per_row, method="min", axis=1))
-                            aggregation_of_rows = "sum"
-                        else:
-                            aggregation_of_rows = aggregation
                         starts, owners = _group_starts(view.row_image[members])
                         position = {int(image): i for i, image in enumerate(images)}
-                        scores[[position[int(o)] for o in owners]] = _reduce(per_row, starts, aggregation_of_rows, axis=0)
+                        if aggregation == "rrf":  # ranks need every reference caption, duplicates included
+                            per_row = sims[inverse][:, self.ref_text]
+                            per_row = 1.0 / (settings.rrf_k + rankdata(-per_row, method="min", axis=1))
+                            per_image = _reduce(per_row, starts, "sum", axis=0)
+                        else:  # max/mean commute with picking columns: reduce on distinct texts first
+                            per_image = _reduce(sims[inverse], starts, aggregation, axis=0)[:, self.ref_text]
+                        scores[[position[int(o)] for o in owners]] = per_image
                     counts = tie_counts(scores, relevant, settings.tie_tolerance)
                     ids = np.array([self.image_ids[i] for i in images], dtype=object).astype(str)
                     pieces.append(_frame("i2t", view.label, aggregation, ids, counts))
