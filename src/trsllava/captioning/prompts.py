@@ -294,7 +294,9 @@ def parse_output(prompt: Prompt, raw: str | None, finish_reason: str | None = No
     text = (raw or "").strip()
     if finish_reason == "length":
         what = "no text" if not text else f"{len(text)} characters, ending '{_shorten(text[-60:], 60)}'"
-        return ParsedOutput({}, "truncated", f"stopped at max_tokens (finish_reason=length) after {what}")
+        # a free-text caption cut at max_tokens still describes the image: kept, and reported
+        kept = {None: text} if text and not prompt.is_json else {}
+        return ParsedOutput(kept, "truncated", f"stopped at max_tokens (finish_reason=length) after {what}")
     if not text:
         return ParsedOutput({}, "empty", "the answer is empty" + (" or whitespace only" if raw else ""))
     if not prompt.is_json:
@@ -323,7 +325,8 @@ def parse_output(prompt: Prompt, raw: str | None, finish_reason: str | None = No
 
 
 def database_texts(prompt: Prompt, parsed: ParsedOutput, mode: str = "fields") -> list[tuple[str | None, str]]:
-    """(field, text) rows of the caption table for one parsed answer; none unless it is ok.
+    """(field, text) rows of the caption table for one parsed answer: none for a failed answer
+    (a free-text answer truncated at max_tokens is kept; its status stays in the quality report).
 
     ``fields``: each field alone, in the prompt's order (text prompts: one row, field None).
     ``joined``: a json prompt's fields joined in prompt order as one text with field "joined"
@@ -331,7 +334,7 @@ def database_texts(prompt: Prompt, parsed: ParsedOutput, mode: str = "fields") -
     is unchanged (field None)."""
     if mode not in MODES:
         raise TrsllavaError(f"caption set mode '{mode}' is not one of {list(MODES)}")
-    if not parsed.ok:
+    if not parsed.fields:
         return []
     if not prompt.is_json:
         return [(None, parsed.fields[None])]
