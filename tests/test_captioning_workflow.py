@@ -56,3 +56,14 @@ def test_generated_captions_are_evaluated(captioned_run):
 
 def test_rerun_recomputes_nothing(captioned_run):
     assert "Nothing to be done" in snakemake(captioned_run, "-n").stdout
+
+
+def test_unreachable_model_names_both_ways_out():
+    from trsllava.captioning.backends import make_backend
+    from trsllava.errors import TrsllavaError
+
+    with pytest.raises(TrsllavaError) as error:
+        make_backend("smol", {"backend": "transformers", "model": "HuggingFaceTB/SmolVLM-256M-Instruct"})
+    message = str(error.value)
+    assert "HuggingFaceTB/SmolVLM-256M-Instruct" in message and "\n" not in message
+    assert "captioners.smol.model to a local model folder" in message and "backend: import" in message

@@ -60,8 +60,9 @@ def make_backend(name: str, entry: dict):
             return OpenAIBackend(entry["base_url"], model, max_tokens=sampling["max_tokens"],
                                  temperature=sampling["temperature"], seed=sampling["seed"], **options)
     except TrsllavaError as error:
+        reason = str(error).strip().splitlines()[0].rstrip(".")  # one line: the loader's first sentence
         raise TrsllavaError(
-            f"captioner '{name}': {error}. Without a model hub, either set captioners.{name}.model to a local "
+            f"captioner '{name}': {reason}. Without a model hub, either set captioners.{name}.model to a local "
             f"model folder, or run an offline config that imports caption sets (backend: import)"
         ) from error
     raise TrsllavaError(f"config: captioners.{name}.backend '{kind}' is not one of {GENERATING_BACKENDS} or import")
