@@ -106,7 +106,8 @@ class VLLMBackend:
         if tensor_parallel_size < 1:
             raise TrsllavaError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
         try:
-            from vllm import LLM  # noqa: F401
+            from vllm import LLM
+            from vllm.platforms import current_platform
         except ImportError as exc:
             raise TrsllavaError(
                 f"the vllm backend needs the vllm package ({exc}); install vllm (CUDA) or build the "
@@ -141,13 +142,19 @@ class VLLMBackend:
             kwargs["max_num_seqs"] = int(max_num_seqs)
         if gpu_memory_utilization is not None:
             kwargs["gpu_memory_utilization"] = float(gpu_memory_utilization)
+        self.device = str(getattr(current_platform, "device_type", "") or "unknown")
+        if self.device == "cpu" and "enable_chunked_prefill" not in (engine_kwargs or {}):
+            # vLLM 0.32 on CPU: when a seeded request's prefill is split over two steps (chunked
+            # prefill), the engine calls set_offset on its CPU torch.Generator and dies ("CPU
+            # Generator does not use offset"). Every request here is seeded: schedule prompts whole.
+            if max_model_len is not None:
+                kwargs["enable_chunked_prefill"] = False
+                kwargs.setdefault("max_num_batched_tokens", max(4096, int(max_model_len)))
+            else:
+                log.warning("vllm backend on CPU without max_model_len: chunked prefill stays on, and a "
+                            "long batch of seeded requests can crash vLLM 0.32's CPU engine; set max_model_len")
         kwargs.update(engine_kwargs or {})
         self.engine_kwargs = kwargs
-
-        from vllm import LLM
-        from vllm.platforms import current_platform
-
-        self.device = str(getattr(current_platform, "device_type", "") or "unknown")
         if device not in (None, "auto") and str(device).split(":")[0] != self.device:
             raise TrsllavaError(f"vllm backend: device '{device}' requested, but vLLM runs on '{self.device}'")
         try:
