@@ -20,6 +20,7 @@ from pathlib import Path
 import polars as pl
 from tqdm.auto import tqdm
 
+from ..errors import TrsllavaError
 from ..hashing import sha256_of
 from .prompts import Prompt, parse_output
 from .types import GenerationRequest
@@ -81,8 +82,6 @@ class ShardRun:
         pending = []
         for image_id, path in images.select("image_id", "path").iter_rows():
             if path is None:
-                from ..errors import TrsllavaError
-
                 raise TrsllavaError(f"image '{image_id}' has no file: captioning needs the dataset's `images` folder")
             sha = sha256_of(path)
             for prompt in self.prompts:
