@@ -103,7 +103,7 @@ def test_builtin_caption_set_covers_the_sample():
 
 @pytest.mark.parametrize("suffix", ["jsonl", "csv", "parquet"])
 def test_import_formats_and_coverage(tmp_path, suffix):
-    rows = pl.DataFrame({"filename": ["airport_4.jpg", "/data/rsicd/images/test/airport_4.jpg", "nowhere.jpg", "beach_4.jpg"],
+    rows = pl.DataFrame({"filename": ["airport_4.png", "/data/rsicd/images/test/airport_4.jpg", "nowhere.jpg", "beach_4.jpg"],
                          "text": ["planes on an apron", "a runway", "lost", "  "]})
     path = tmp_path / f"caps.{suffix}"
     {"jsonl": rows.write_ndjson, "csv": rows.write_csv, "parquet": rows.write_parquet}[suffix](path)

@@ -113,10 +113,10 @@ def test_invalid_config_value_is_named(tmp_path):
 
 def test_unknown_encoder_alias_fails_with_one_clear_line(tmp_path):
     workdir = write_config(tmp_path, encoders={"typo": {"type": "sentence-transformers", "model": "minilmx"}})
-    result = snakemake(workdir, "--cores", "1", check=False)
+    result = snakemake(workdir, "--cores", "1", "--keep-going", check=False)
     assert result.returncode != 0
     assert "unknown encoder alias 'minilmx'" in result.stdout + result.stderr
-    # work finished before the failure is kept: the dataset tables and captions stay in place
+    # work that does not depend on the failed job is finished and kept
     assert (workdir / "results" / "sample" / "captions" / "claude-sample.parquet").is_file()
 
 

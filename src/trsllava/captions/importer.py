@@ -8,7 +8,7 @@ backends write them, with the import's provenance on each row.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import polars as pl
 
@@ -35,13 +35,7 @@ def import_captions(
     raw = raw.filter(pl.col("text").is_not_null() & (pl.col("text") != ""))
 
     gallery = set(images["image_id"].to_list())
-    # VLM jobs elsewhere often record the path they read ("images/test/a.jpg"): match on the file name
-    raw = raw.with_columns(
-        pl.when(pl.col("image_id").is_in(gallery))
-        .then(pl.col("image_id"))
-        .otherwise(pl.col("image_id").str.replace(r"^.*[/\\]", ""))
-        .alias("image_id")
-    )
+    raw = raw.with_columns(pl.col("image_id").replace_strict(_gallery_names(raw["image_id"], gallery), default=None).fill_null(pl.col("image_id")))
     unknown = raw.filter(~pl.col("image_id").is_in(gallery))
     known = raw.filter(pl.col("image_id").is_in(gallery))
     uncaptioned = sorted(gallery - set(known["image_id"].to_list()))
@@ -90,3 +84,22 @@ def describe_coverage(coverage: dict, dataset: str) -> list[str]:
     if coverage["empty_texts_dropped"]:
         lines.append(f"{coverage['empty_texts_dropped']} empty caption text(s) in {coverage['source']} were dropped")
     return lines
+
+
+def _gallery_names(names: pl.Series, gallery: set[str]) -> dict[str, str]:
+    """Map the file names a VLM job recorded onto gallery image ids. Jobs elsewhere often record the
+    path they read ("images/test/a.jpg") or a converted copy ("a.png" for "a.tif"): match the exact
+    name, else the base name, else the stem when exactly one gallery image has it."""
+    by_stem: dict[str, list[str]] = {}
+    for image_id in gallery:
+        by_stem.setdefault(PurePath(image_id).stem, []).append(image_id)
+    mapping = {}
+    for name in names.unique().drop_nulls().to_list():
+        base = PurePath(name.replace("\\", "/")).name
+        if name in gallery:
+            mapping[name] = name
+        elif base in gallery:
+            mapping[name] = base
+        elif len(by_stem.get(PurePath(base).stem, [])) == 1:
+            mapping[name] = by_stem[PurePath(base).stem][0]
+    return mapping
