@@ -176,9 +176,14 @@ class TransformersBackend:
         start = 0
         while start < len(requests):
             batch = [requests[start]]
-            while (start + len(batch) < len(requests) and len(batch) < self.batch_size
-                   and requests[start + len(batch)].n == batch[0].n):
-                batch.append(requests[start + len(batch)])
+            if batch[0].seed is not None:
+                # torch has one generator per process: a request with its own seed runs alone
+                torch.manual_seed(batch[0].seed)
+            else:
+                while (start + len(batch) < len(requests) and len(batch) < self.batch_size
+                       and requests[start + len(batch)].n == batch[0].n
+                       and requests[start + len(batch)].seed is None):
+                    batch.append(requests[start + len(batch)])
             results.extend(self._generate_batch(batch))
             start += len(batch)
         return results

@@ -192,7 +192,7 @@ class OpenAIBackend:
             }],
             "n": request.n,
             "max_tokens": self.max_tokens,
-            "seed": request_seed(self.seed, index),
+            "seed": request.seed if request.seed is not None else request_seed(self.seed, index),
         }
         if self.temperature == 0 and request.n == 1:
             payload["temperature"] = 0.0

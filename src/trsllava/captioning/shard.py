@@ -94,38 +94,47 @@ class ShardRun:
         with open(progress_path, "a", encoding="utf-8") as out, tqdm(total=len(pending), desc="captioning", unit="job") as bar:
             for start in range(0, len(pending), self.batch_size):
                 batch = pending[start : start + self.batch_size]
-                lines = [json.dumps(row) for job in batch for row in self._caption(job, model)]
+                lines = [json.dumps(row) for row in self._caption_batch(batch, model)]
                 out.write("".join(line + "\n" for line in lines))
                 out.flush()
                 os.fsync(out.fileno())
                 bar.update(len(batch))
         return read_progress(progress_path)
 
-    def _generate(self, seed_material: str, path: str, prompt: Prompt, n: int):
+    def _request(self, seed_material: str, path: str, prompt: Prompt, n: int) -> GenerationRequest:
         # seeded per request: the same image and settings give the same samples however jobs are batched
-        self.backend.seed = int(hashlib.sha256(seed_material.encode()).hexdigest()[:8], 16)
-        request = GenerationRequest(image_path=path, prompt_text=prompt.text, n=n, json_schema=prompt.schema)
-        return self.backend.generate([request])[0]
+        seed = int(hashlib.sha256(seed_material.encode()).hexdigest()[:8], 16)
+        return GenerationRequest(image_path=path, prompt_text=prompt.text, n=n, json_schema=prompt.schema, seed=seed)
 
-    def _caption(self, job, model: dict) -> list[dict]:
-        key, image_id, path, prompt = job
-        result = self._generate(key, path, prompt, prompt.variants)
-        rows = []
-        for variant, (raw, finish) in enumerate(zip(result.texts, result.finish_reasons)):
-            parsed, attempts = parse_output(prompt, raw, finish), 1
-            if parsed.status == "invalid_json":  # one retry, as a fresh single sample
-                retry = self._generate(f"{key}/retry/{variant}", path, prompt, 1)
-                raw, finish, attempts = retry.texts[0], retry.finish_reasons[0], 2
+    def _caption_batch(self, batch, model: dict) -> list[dict]:
+        """One backend call for the batch's jobs, then one call for the retries of invalid JSON."""
+        results = self.backend.generate([self._request(key, path, prompt, prompt.variants) for key, _, path, prompt in batch])
+        rows, retries = [], []
+        for (key, image_id, path, prompt), result in zip(batch, results):
+            for variant, (raw, finish) in enumerate(zip(result.texts, result.finish_reasons)):
                 parsed = parse_output(prompt, raw, finish)
-            rows.append({
-                "key": key, "image_id": image_id, "prompt": prompt.id, "prompt_hash": prompt.hash,
-                "variant": variant if prompt.variants > 1 else None, "raw": raw, "finish_reason": finish,
-                "status": parsed.status, "detail": parsed.detail, "attempts": attempts,
-                "fields": [[field, text] for field, text in parsed.fields.items()],
-                "model_id": model.get("model_id"), "model_revision": model.get("model_revision"),
-                "backend": model.get("backend"),
-            })
+                rows.append(self._row(key, image_id, prompt, variant, raw, finish, parsed, 1, model))
+                if parsed.status == "invalid_json":  # one retry, as a fresh single sample
+                    retries.append((len(rows) - 1, self._request(f"{key}/retry/{variant}", path, prompt, 1)))
+        if retries:
+            for (position, _), result in zip(retries, self.backend.generate([r for _, r in retries])):
+                old = rows[position]
+                prompt = next(p for p in self.prompts if p.id == old["prompt"])
+                raw, finish = result.texts[0], result.finish_reasons[0]
+                parsed = parse_output(prompt, raw, finish)
+                rows[position] = self._row(old["key"], old["image_id"], prompt, old["variant"] or 0, raw, finish, parsed, 2, model)
         return rows
+
+    @staticmethod
+    def _row(key, image_id, prompt: Prompt, variant, raw, finish, parsed, attempts, model) -> dict:
+        return {
+            "key": key, "image_id": image_id, "prompt": prompt.id, "prompt_hash": prompt.hash,
+            "variant": variant if prompt.variants > 1 else None, "raw": raw, "finish_reason": finish,
+            "status": parsed.status, "detail": parsed.detail, "attempts": attempts,
+            "fields": [[field, text] for field, text in parsed.fields.items()],
+            "model_id": model.get("model_id"), "model_revision": model.get("model_revision"),
+            "backend": model.get("backend"),
+        }
 
 
 def merge_rows(rows: list[dict], captioner: str, prompts: dict[str, Prompt], sampling: dict, versions: dict,

@@ -11,12 +11,15 @@ class GenerationRequest:
 
     ``json_schema``: a JSON schema the output should follow. Backends with constrained decoding
     (vLLM) enforce it; the others ignore it and the caller validates the texts afterwards.
+    ``seed``: this request's own sampling seed; when given, its samples do not depend on which
+    other requests share the call (resumed shards then reproduce an uninterrupted run).
     """
 
     image_path: str
     prompt_text: str
     n: int = 1
     json_schema: dict | None = None
+    seed: int | None = None
 
 
 @dataclass

@@ -210,7 +210,8 @@ class VLLMBackend:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
-        kwargs = {"n": request.n, "max_tokens": self.max_new_tokens, "seed": request_seed(self.seed, index)}
+        seed = request.seed if request.seed is not None else request_seed(self.seed, index)
+        kwargs = {"n": request.n, "max_tokens": self.max_new_tokens, "seed": seed}
         if self.temperature == 0 and request.n == 1:
             kwargs["temperature"] = 0.0
         else:
