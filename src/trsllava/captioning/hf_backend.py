@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from ..errors import TrsllavaError
-from .types import GenerationRequest, GenerationResult
+from .types import GenerationRequest, GenerationResult, check_requests
 
 log = logging.getLogger(__name__)
 
@@ -166,11 +166,7 @@ class TransformersBackend:
         (requests of a batch share ``n``; a change of ``n`` starts a new batch)."""
         import torch
 
-        for request in requests:  # fail before any generation, naming the file
-            if not Path(request.image_path).is_file():
-                raise TrsllavaError(f"image not found: {request.image_path}")
-            if request.n < 1:
-                raise TrsllavaError(f"request for {request.image_path}: n must be >= 1, got {request.n}")
+        check_requests(requests)
         torch.manual_seed(self.seed)
         results: list[GenerationResult] = []
         start = 0

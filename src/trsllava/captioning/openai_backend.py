@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import TrsllavaError
 from .hf_backend import _load_image
-from .types import GenerationRequest, GenerationResult
+from .types import GenerationRequest, GenerationResult, check_requests
 from .vllm_backend import request_seed
 
 log = logging.getLogger(__name__)
@@ -306,11 +306,7 @@ class OpenAIBackend:
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """One result per request, in request order; up to ``concurrency`` requests in flight."""
-        for request in requests:  # fail before any request, naming the file
-            if not Path(request.image_path).is_file():
-                raise TrsllavaError(f"image not found: {request.image_path}")
-            if request.n < 1:
-                raise TrsllavaError(f"request for {request.image_path}: n must be >= 1, got {request.n}")
+        check_requests(requests)
         if not requests:
             return []
         workers = min(self.concurrency, len(requests))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import TrsllavaError
 
 
 @dataclass
@@ -35,3 +38,12 @@ class GenerationResult:
     finish_reasons: list[str]
     prompt_tokens: int
     completion_tokens: int
+
+
+def check_requests(requests: list[GenerationRequest]) -> None:
+    """Fail before any generation starts, naming the file at fault."""
+    for request in requests:
+        if not Path(request.image_path).is_file():
+            raise TrsllavaError(f"image not found: {request.image_path}")
+        if request.n < 1:
+            raise TrsllavaError(f"request for {request.image_path}: n must be >= 1, got {request.n}")

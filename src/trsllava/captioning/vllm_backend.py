@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import TrsllavaError
 from .hf_backend import _DTYPES, _load_image
-from .types import GenerationRequest, GenerationResult
+from .types import GenerationRequest, GenerationResult, check_requests
 
 log = logging.getLogger(__name__)
 
@@ -222,11 +222,7 @@ class VLLMBackend:
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """One result per request, in request order, from a single ``LLM.generate`` call."""
-        for request in requests:  # fail before any generation, naming the file
-            if not Path(request.image_path).is_file():
-                raise TrsllavaError(f"image not found: {request.image_path}")
-            if request.n < 1:
-                raise TrsllavaError(f"request for {request.image_path}: n must be >= 1, got {request.n}")
+        check_requests(requests)
         if not requests:
             return []
         prompts = [
