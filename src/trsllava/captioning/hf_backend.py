@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from ..errors import TrsllavaError
-from .types import GenerationRequest, GenerationResult, check_requests
+from .types import GenerationRequest, GenerationResult, check_requests, check_settings, sampling_temperature
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +79,7 @@ class TransformersBackend:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        if batch_size < 1:
-            raise TrsllavaError(f"batch_size must be >= 1, got {batch_size}")
-        if max_new_tokens < 1:
-            raise TrsllavaError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise TrsllavaError(f"temperature must be >= 0, got {temperature}")
+        check_settings(batch_size=(batch_size, 1), max_new_tokens=(max_new_tokens, 1), temperature=(temperature, 0))
         self.model_id = str(model)
         self.max_new_tokens = int(max_new_tokens)
         self.temperature = float(temperature)
@@ -157,9 +152,10 @@ class TransformersBackend:
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def _sampling(self, n: int) -> dict:
-        if self.temperature == 0 and n == 1:
+        temperature = sampling_temperature(self.temperature, n)
+        if temperature is None:
             return {"do_sample": False}
-        return {"do_sample": True, "temperature": self.temperature or 1.0, "top_p": 1.0, "top_k": 0}
+        return {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """One result per request, in request order. Requests are batched ``batch_size`` at a time

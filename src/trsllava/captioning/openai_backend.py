@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import TrsllavaError
 from .hf_backend import _load_image
-from .types import GenerationRequest, GenerationResult, check_requests
+from .types import GenerationRequest, GenerationResult, check_requests, check_settings, sampling_temperature
 from .vllm_backend import request_seed
 
 log = logging.getLogger(__name__)
@@ -100,14 +100,8 @@ class OpenAIBackend:
         structured: str = "json_schema",
         client: str = "auto",
     ):
-        if max_tokens < 1:
-            raise TrsllavaError(f"max_tokens must be >= 1, got {max_tokens}")
-        if temperature < 0:
-            raise TrsllavaError(f"temperature must be >= 0, got {temperature}")
-        if concurrency < 1:
-            raise TrsllavaError(f"concurrency must be >= 1, got {concurrency}")
-        if retries < 0:
-            raise TrsllavaError(f"retries must be >= 0, got {retries}")
+        check_settings(max_tokens=(max_tokens, 1), temperature=(temperature, 0), concurrency=(concurrency, 1),
+                       retries=(retries, 0))
         if structured not in ("json_schema", "vllm", "none"):
             raise TrsllavaError(f"structured must be json_schema, vllm or none, got {structured!r}")
         if client not in ("auto", "openai", "httpx"):
@@ -194,10 +188,11 @@ class OpenAIBackend:
             "max_tokens": self.max_tokens,
             "seed": request.seed if request.seed is not None else request_seed(self.seed, index),
         }
-        if self.temperature == 0 and request.n == 1:
+        temperature = sampling_temperature(self.temperature, request.n)
+        if temperature is None:
             payload["temperature"] = 0.0
         else:
-            payload.update(temperature=self.temperature or 1.0, top_p=1.0)
+            payload.update(temperature=temperature, top_p=1.0)
         if request.json_schema is not None:
             if self.structured == "json_schema":
                 payload["response_format"] = {

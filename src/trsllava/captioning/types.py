@@ -47,3 +47,19 @@ def check_requests(requests: list[GenerationRequest]) -> None:
             raise TrsllavaError(f"image not found: {request.image_path}")
         if request.n < 1:
             raise TrsllavaError(f"request for {request.image_path}: n must be >= 1, got {request.n}")
+
+
+def check_settings(**minimums: tuple[float, float]) -> None:
+    """Each keyword is (value, smallest allowed value); the error names the setting."""
+    for name, (value, minimum) in minimums.items():
+        if value < minimum:
+            raise TrsllavaError(f"{name} must be >= {minimum}, got {value}")
+
+
+def sampling_temperature(temperature: float, n: int) -> float | None:
+    """The temperature every backend samples at, or None for greedy decoding. Greedy only when
+    temperature is 0 and one sample is wanted: n greedy copies would be identical, so n > 1 at
+    temperature 0 samples at 1.0."""
+    if temperature == 0 and n == 1:
+        return None
+    return temperature or 1.0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import TrsllavaError
 from .hf_backend import _DTYPES, _load_image
-from .types import GenerationRequest, GenerationResult, check_requests
+from .types import GenerationRequest, GenerationResult, check_requests, check_settings, sampling_temperature
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +97,8 @@ class VLLMBackend:
         disable_any_whitespace: bool = True,
         engine_kwargs: dict | None = None,
     ):
-        if max_new_tokens < 1:
-            raise TrsllavaError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise TrsllavaError(f"temperature must be >= 0, got {temperature}")
-        if batch_size < 1:
-            raise TrsllavaError(f"batch_size must be >= 1, got {batch_size}")
-        if tensor_parallel_size < 1:
-            raise TrsllavaError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
+        check_settings(max_new_tokens=(max_new_tokens, 1), temperature=(temperature, 0), batch_size=(batch_size, 1),
+                       tensor_parallel_size=(tensor_parallel_size, 1))
         try:
             from vllm import LLM
             from vllm.platforms import current_platform
@@ -212,10 +206,11 @@ class VLLMBackend:
 
         seed = request.seed if request.seed is not None else request_seed(self.seed, index)
         kwargs = {"n": request.n, "max_tokens": self.max_new_tokens, "seed": seed}
-        if self.temperature == 0 and request.n == 1:
+        temperature = sampling_temperature(self.temperature, request.n)
+        if temperature is None:
             kwargs["temperature"] = 0.0
         else:
-            kwargs.update(temperature=self.temperature or 1.0, top_p=1.0, top_k=0)
+            kwargs.update(temperature=temperature, top_p=1.0, top_k=0)
         if request.json_schema is not None:
             kwargs["structured_outputs"] = StructuredOutputsParams(json=request.json_schema)
         return SamplingParams(**kwargs)
