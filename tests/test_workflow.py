@@ -22,7 +22,8 @@ def snakemake(workdir, *args, check=True):
 
 
 def write_config(workdir: Path, **changes) -> Path:
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    """The offline configuration (config.yaml less the captioners that download a model) with changes."""
+    config = yaml.safe_load((ROOT / "config.offline.yaml").read_text())
     config["results"] = str(workdir / "results")
     config.update(changes)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -66,10 +66,22 @@ def import_caption_set(config: dict, dataset: str, captioner: str, images: Path,
     write_json(coverage, coverage_out)
 
 
+def fetch_captioner_model(config: dict, captioner: str, out: Path) -> None:
+    """Find or download the captioner's model once, before its shard jobs, and record where it is."""
+    from .captioning.model_fetch import resolve_model
+
+    write_json(resolve_model(captioner, config["captioners"][captioner]), out)
+
+
 def caption_shard(config: dict, dataset: str, captioner: str, shard: int, shards: int, images: Path,
-                  progress: Path, out: Path) -> None:
-    """Caption one shard with every prompt of the captioner; resumable through ``progress``."""
+                  model: Path, progress: Path, out: Path) -> None:
+    """Caption one shard with every prompt of the captioner; resumable through ``progress``.
+    ``model`` is the record written by ``fetch_captioner_model``: the folder to load, and the id
+    and commit that every caption row names."""
+    import json
+
     from .captioning.backends import make_backend, sampling_of
+    from .captioning.model_fetch import RecordedModel
     from .captioning.prompts import load_prompts
     from .captioning.shard import ShardRun, shard_images
 
@@ -80,7 +92,9 @@ def caption_shard(config: dict, dataset: str, captioner: str, shard: int, shards
         raise TrsllavaError(f"config: captioners.{captioner}.prompts names unknown prompt(s) {unknown}; known: {sorted(registry)}")
     prompts = [registry[p] for p in entry.get("prompts", ["rsrt"])]
     part = shard_images(pl.read_parquet(images), shard, shards)
-    backend = make_backend(captioner, entry)
+    record = json.loads(Path(model).read_text())
+    loaded = make_backend(captioner, {**entry, "model": record["path"] or record["model"]})
+    backend = RecordedModel(loaded, record)
     run = ShardRun(backend, prompts, sampling_of(entry), batch_size=int(entry.get("batch_size", 4)))
     rows = run.run(part, Path(progress))
     wanted = set(part["image_id"].to_list())

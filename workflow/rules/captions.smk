@@ -19,12 +19,35 @@ rule import_captions:
         "../scripts/import_captions.py"
 
 
+rule fetch_captioner_model:
+    """Find the captioner's model (a local folder, the cache, or a download from the hub) once, before
+    its shard jobs, and record its folder and commit; offline without a cached copy it fails in one line."""
+    output:
+        f"{R}/models/{{captioner}}.json",
+    params:
+        # a changed model or revision in config.yaml fetches again (Snakemake's params rerun trigger)
+        model=lambda w: [config["captioners"][w.captioner].get(k) for k in ("model", "revision")],
+    log:
+        f"{R}/logs/fetch_captioner_model/{{captioner}}.log",
+    wildcard_constraints:
+        captioner=one_of(GENERATED),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=120,
+    conda:
+        "../../envs/captioning.yaml"
+    script:
+        "../scripts/fetch_captioner_model.py"
+
+
 rule caption_shard:
     """Caption one shard of a dataset's images with every prompt of a captioner (model loaded once).
     Resumable: finished images are kept in the progress file, outside Snakemake's outputs, so a
     failed or killed job keeps them and its rerun continues where it stopped."""
     input:
         images=f"{R}/{{dataset}}/dataset/images.parquet",
+        model=f"{R}/models/{{captioner}}.json",
     output:
         f"{R}/{{dataset}}/captions/{{captioner}}/shard-{{shard}}-of-{{shards}}.json",
     params:

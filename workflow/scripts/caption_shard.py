@@ -13,6 +13,7 @@ run(
     shard=int(snakemake.wildcards.shard),
     shards=int(snakemake.wildcards.shards),
     images=snakemake.input.images,
+    model=snakemake.input.model,
     progress=snakemake.params.progress,
     out=snakemake.output[0],
 )

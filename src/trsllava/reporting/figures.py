@@ -97,7 +97,7 @@ def mr_heatmap(ablation: pl.DataFrame, dataset: str) -> Figure:
     row_labels = [wrap(f"{c}{SEP}{p}") for c, p in caption_sets]
     col_labels = [wrap(str(e), 20) for e in encoders]
     label_lines = max(label.count("\n") + 1 for label in row_labels)
-    width = 3.0 + 1.5 * len(encoders) + 0.06 * max(len(l) for label in row_labels for l in label.split("\n"))
+    width = 3.0 + 1.5 * len(encoders) + 0.06 * max(len(line) for label in row_labels for line in label.split("\n"))
     height = 1.6 + max(0.55, 0.22 * label_lines) * len(caption_sets)
     fig = Figure(figsize=(max(width, 4.5), max(height, 2.6)))
     ax = fig.add_subplot()
@@ -140,7 +140,7 @@ def recall_bars(ablation: pl.DataFrame, dataset: str) -> Figure:
     rows = list(part.iter_rows(named=True))
     labels = [wrap(_row_label(r)) for r in rows]
     label_lines = sum(label.count("\n") + 1 for label in labels)
-    longest = max(len(l) for label in labels for l in label.split("\n"))
+    longest = max(len(line) for label in labels for line in label.split("\n"))
     height = 1.8 + 0.32 * max(len(rows), 1) + 0.14 * label_lines
     fig = Figure(figsize=(8.5 + 0.06 * longest, max(height, 2.8)))
     axes = fig.subplots(1, 2, sharey=True)
