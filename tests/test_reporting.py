@@ -154,3 +154,21 @@ def test_load_reference_results():
     # the shared notes file has 20 lines: a header and 19 published rows
     assert reference.height == 19
     assert {"CLIP ViT-B/32", "TRSLLaVA"} <= set(reference["method"])
+
+
+def test_figure_options_select_order_and_label_rows():
+    from trsllava.errors import TrsllavaError
+    from trsllava.reporting.figure_options import FigureOptions
+
+    table = pl.DataFrame({"dataset": ["d"] * 4, "captioner": ["a", "b", "a", "b"], "prompt": ["p"] * 4,
+                          "encoder": ["e1", "e1", "e2", "e2"], "aggregation": ["max"] * 4, "mR": [1.0, 2.0, 3.0, 4.0]})
+    options = FigureOptions.from_config({"select": {"captioners": ["b", "a"], "encoders": ["e2", "e1"]},
+                                         "order": "config", "labels": {"b": "Bee", "e2": "E-two"}})
+    rows = options.rows(table)
+    assert rows.select("captioner", "encoder").rows() == [("Bee", "E-two"), ("Bee", "e1"), ("a", "E-two"), ("a", "e1")]
+    assert rows["mR"].to_list() == [4.0, 2.0, 3.0, 1.0]
+    assert FigureOptions.from_config({"select": {"encoders": ["e1"]}}).rows(table)["mR"].to_list() == [1.0, 2.0]
+    with pytest.raises(TrsllavaError, match="figures.select has unknown axis"):
+        FigureOptions.from_config({"select": {"encoder": ["e1"]}})
+    with pytest.raises(TrsllavaError, match="keeps no row"):
+        FigureOptions.from_config({"select": {"encoders": ["none"]}}).rows(table)

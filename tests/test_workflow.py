@@ -128,3 +128,23 @@ def test_cli_redraws_figures_from_existing_results(finished_run):
     assert main(["figures", "--results", str(finished_run / "results"), "--config", str(finished_run / "config.yaml")]) == 0
     assert (finished_run / "results" / "figures" / "vs_published.png").stat().st_size > 0
     assert main(["figures", "--results", str(finished_run / "nothing-here")]) == 1
+
+
+def test_changing_figure_options_reruns_only_the_figure_rule(finished_run):
+    """A paper-figure iteration: new rows, order, labels, width and format in config; only
+    draw_figures reruns, and the ablation table and every evaluation are left untouched."""
+    config = yaml.safe_load((finished_run / "config.yaml").read_text())
+    config["figures"].update(formats=["svg"], width=3.5, order="config", labels={"minilm": "MiniLM-L6"},
+                             select={"prompts": ["rsrt/one_sentence", "rsicd_style"], "aggregations": ["max"]})
+    edited = finished_run / "figures-edit.yaml"
+    edited.write_text(yaml.safe_dump(config))
+    untouched = {p: p.stat().st_mtime_ns for p in (finished_run / "results").rglob("*.parquet")}
+    plan = snakemake(finished_run, "-n", "--configfile", str(edited), "--quiet", "rules").stdout
+    jobs = {line.split()[0] for line in plan.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert jobs - {"total"} == {"draw_figures", "all"}, plan
+    snakemake(finished_run, "--cores", "1", "--configfile", str(edited))
+    assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
+    svg = (finished_run / "results" / "figures" / "recall_bars_sample.svg").read_text()
+    assert "MiniLM-L6" in svg and 'width="252pt"' in svg  # 3.5 in x 72 pt
+    # the selection: the two chosen caption sets with max only, in config order
+    assert "rsrt/one_sentence" in svg and "fused" not in svg and "rrf" not in svg

@@ -201,10 +201,7 @@ def ablation_tables(config: dict, metric_files: list[Path], out_dir: Path) -> No
 
 
 def figures(config: dict, ablation: Path, out_dir: Path) -> None:
+    from .reporting.figure_options import FigureOptions
     from .reporting.figures import write_figures
 
-    options = config.get("figures", {})
-    write_figures(
-        pl.read_parquet(ablation), Path(out_dir), formats=tuple(options.get("formats", ("png", "pdf"))),
-        reference_names=options.get("reference_names", {}),
-    )
+    write_figures(pl.read_parquet(ablation), Path(out_dir), options=FigureOptions.from_config(config.get("figures")))

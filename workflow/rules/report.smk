@@ -28,6 +28,9 @@ rule draw_figures:
     """Heatmaps, recall bars and the comparison with published numbers, from the ablation table only."""
     input:
         f"{R}/ablation.parquet",
+    params:
+        # figure options are params: editing them reruns this rule only (Snakemake's params trigger)
+        options=config["figures"],
     output:
         [
             report(path, caption="../report/figures.rst", category="Figures")

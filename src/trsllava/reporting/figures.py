@@ -20,6 +20,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from trsllava.atomic import atomic_path  # noqa: E402
 
+from .figure_options import FigureOptions  # noqa: E402
 from .tables import load_reference_results  # noqa: E402
 
 DPI = 150
@@ -46,14 +47,18 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "dataset"
 
 
-def _save(fig: Figure, out_dir: Path, stem: str, formats) -> list[Path]:
+def _save(fig: Figure, out_dir: Path, stem: str, formats, dpi: int = DPI, width: float | None = None) -> list[Path]:
     FigureCanvasAgg(fig)
+    if width:  # a fixed width (e.g. a paper's column); the height keeps the figure's proportions
+        old_width, old_height = fig.get_size_inches()
+        fig.set_size_inches(width, old_height * width / old_width)
+        fig.tight_layout()
     written = []
     for fmt in formats:
         path = Path(out_dir) / f"{stem}.{fmt}"
         metadata = {"CreationDate": None} if fmt == "pdf" else None  # reproducible PDF bytes
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)
+            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
         written.append(path)
     return written
 
@@ -70,14 +75,16 @@ def _datasets(ablation: pl.DataFrame) -> list[str]:
 # mR heatmap: caption set x encoder, best aggregation per cell
 
 
-def mr_heatmap(ablation: pl.DataFrame, dataset: str) -> Figure:
+def mr_heatmap(ablation: pl.DataFrame, dataset: str, order: str = "mR") -> Figure:
+    """order: mR (rows and columns alphabetical) or config (as they come in ``ablation``)."""
     part = ablation.filter((pl.col("dataset") == dataset) & pl.col("mR").is_not_null() & pl.col("mR").is_not_nan())
     best = (
         part.sort("mR", descending=True, maintain_order=True)
         .group_by(["captioner", "prompt", "encoder"], maintain_order=True)
         .first()
     )
-    caption_sets = sorted({(r["captioner"], r["prompt"]) for r in best.iter_rows(named=True)})
+    found = list(dict.fromkeys((r["captioner"], r["prompt"]) for r in part.iter_rows(named=True)))
+    caption_sets = found if order == "config" else sorted(found)
     if not caption_sets:
         fig = Figure(figsize=(4.5, 2.6))
         ax = fig.add_subplot()
@@ -85,7 +92,8 @@ def mr_heatmap(ablation: pl.DataFrame, dataset: str) -> Figure:
         ax.set_title(f"mR (%) — {dataset}", fontsize=10)
         ax.text(0.5, 0.5, "no evaluation with an mR", ha="center", va="center", fontsize=LABEL_SIZE)
         return fig
-    encoders = sorted(best["encoder"].unique().to_list())
+    encoders = list(dict.fromkeys(part["encoder"].to_list()))
+    encoders = encoders if order == "config" else sorted(encoders)
     values = np.full((len(caption_sets), len(encoders)), np.nan)
     aggregations = [[""] * len(encoders) for _ in caption_sets]
     for r in best.iter_rows(named=True):
@@ -134,10 +142,19 @@ def mr_heatmap(ablation: pl.DataFrame, dataset: str) -> Figure:
 # recall bars: R@1, R@5, R@10 per evaluation, both directions, with tie bounds as error bars
 
 
-def recall_bars(ablation: pl.DataFrame, dataset: str) -> Figure:
+def recall_bars(ablation: pl.DataFrame, dataset: str, order: str = "mR", max_rows: int = MAX_BAR_ROWS) -> Figure:
+    """order: mR (best first) or config (as they come in ``ablation``); at most ``max_rows`` rows."""
     part = ablation.filter(pl.col("dataset") == dataset)
-    part = part.sort("mR", descending=True, nulls_last=True, maintain_order=True).head(MAX_BAR_ROWS)
+    if order != "config":
+        part = part.sort("mR", descending=True, nulls_last=True, maintain_order=True)
+    part = part.head(max_rows)
     rows = list(part.iter_rows(named=True))
+    if not rows:
+        fig = Figure(figsize=(4.5, 2.6))
+        ax = fig.add_subplot()
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"Recall@K — {dataset}: no evaluation selected", ha="center", va="center", fontsize=LABEL_SIZE)
+        return fig
     labels = [wrap(_row_label(r)) for r in rows]
     label_lines = sum(label.count("\n") + 1 for label in labels)
     longest = max(len(line) for label in labels for line in label.split("\n"))
@@ -174,10 +191,13 @@ def recall_bars(ablation: pl.DataFrame, dataset: str) -> Figure:
         ax.grid(axis="x", linewidth=0.4, alpha=0.5)
         ax.set_axisbelow(True)
     axes[0].set_yticks(y, labels, fontsize=LABEL_SIZE)
-    axes[0].invert_yaxis()  # best mR on top
+    axes[0].invert_yaxis()  # first row (best mR, or first in config order) on top
     axes[1].legend(fontsize=LABEL_SIZE, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    subtitle = f"{len(rows)} evaluation(s) with the highest mR" if ablation.filter(
-        pl.col("dataset") == dataset).height > MAX_BAR_ROWS else f"{len(rows)} evaluation(s)"
+    truncated = ablation.filter(pl.col("dataset") == dataset).height > max_rows
+    subtitle = f"{len(rows)} evaluation(s)"
+    if truncated:
+        subtitle = f"the first {len(rows)} evaluation(s) in config order" if order == "config" else \
+            f"{len(rows)} evaluation(s) with the highest mR"
     if shown:
         subtitle += "; error bars: pessimistic to optimistic tie bounds"
     fig.suptitle(f"Recall@K — {dataset}\n{subtitle}", fontsize=10)
@@ -283,15 +303,23 @@ def write_figures(
     formats=("png", "pdf"),
     reference_names: dict[str, str] | None = None,
     reference: pl.DataFrame | None = None,
+    options: FigureOptions | None = None,
 ) -> list[Path]:
-    """Write mr_heatmap_<dataset>, recall_bars_<dataset> and vs_published in each of ``formats``
-    under ``out_dir``; return the written paths."""
+    """Write mr_heatmap_<dataset>, recall_bars_<dataset> and vs_published under ``out_dir``, drawing
+    the rows, order, labels, size and formats of ``options`` (config.yaml's `figures:`; ``formats``
+    and ``reference_names`` are used when no options are given); return the written paths."""
+    options = options or FigureOptions(formats=tuple(formats), reference_names=dict(reference_names or {}))
+    names = options.reference_names or reference_names
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    every_dataset = _datasets(ablation)  # one file per dataset even when the selection leaves it empty
+    ablation = options.rows(ablation)
+    save = {"formats": options.formats, "dpi": options.dpi, "width": options.width}
     written: list[Path] = []
-    for dataset in _datasets(ablation):
+    for dataset in every_dataset:
         stem = _safe_name(dataset)
-        written += _save(mr_heatmap(ablation, dataset), out_dir, f"mr_heatmap_{stem}", formats)
-        written += _save(recall_bars(ablation, dataset), out_dir, f"recall_bars_{stem}", formats)
-    written += _save(vs_published(ablation, reference, reference_names), out_dir, "vs_published", formats)
+        written += _save(mr_heatmap(ablation, dataset, options.order), out_dir, f"mr_heatmap_{stem}", **save)
+        written += _save(recall_bars(ablation, dataset, options.order, options.max_bar_rows), out_dir,
+                         f"recall_bars_{stem}", **save)
+    written += _save(vs_published(ablation, reference, names), out_dir, "vs_published", **save)
     return written
