@@ -1,6 +1,8 @@
 """`trsllava`: small command-line entry points beside the Snakemake workflow.
 
     trsllava figures [--results results] [--config config.yaml]   redraw tables and figures from existing evaluations
+    trsllava search "QUERY" [-k 10] [--json] [--html page.html]      rank a built archive's images by a text query
+    trsllava search --image ID_OR_FILE [--captions human|generated]  closest captions to one gallery image
 """
 
 from __future__ import annotations
@@ -28,6 +30,34 @@ def _figures(args) -> None:
     print(f"redrew tables and figures from {len(metrics)} evaluation(s) into {results}")
 
 
+def _search(args) -> None:
+    import json
+
+    from .search import image_search, open_archive, text_search
+    from .search.gallery_html import write_gallery
+    from .search.text_output import format_table
+
+    if (args.query is None) == (args.image is None):
+        raise TrsllavaError("search: give either a text query or --image ID_OR_FILE (not both)")
+    if args.k < 1:
+        raise TrsllavaError(f"search: -k must be at least 1 (got {args.k})")
+    config_path = Path(args.config)
+    if not config_path.is_file():
+        raise TrsllavaError(f"config not found: {config_path} (the config of the run that built the results; --config)")
+    config = yaml.safe_load(config_path.read_text()) or {}
+    archive = open_archive(config, str(config_path), Path(args.results) if args.results else None, args.dataset,
+                           args.captioner, args.encoder)
+    if args.image is not None:
+        result = image_search(archive, args.image, k=args.k, captions=args.captions, aggregation=args.aggregation,
+                              caption_set=args.caption_set)
+    else:
+        result = text_search(archive, args.query, k=args.k, aggregation=args.aggregation, caption_set=args.caption_set)
+    if args.html:
+        write_gallery(result, Path(args.html))
+        print(f"wrote {args.html}", file=sys.stderr)
+    print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) if args.json else format_table(result))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trsllava", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -35,8 +65,33 @@ def main(argv: list[str] | None = None) -> int:
     figures.add_argument("--results", help="results folder (default: config's results)")
     figures.add_argument("--config", default="config.yaml", help="config for figure options (default config.yaml)")
     figures.set_defaults(handler=_figures)
+    search = commands.add_parser(
+        "search", help="search a built archive: a text query ranks the images, --image ranks captions",
+        description="Rank the gallery images of a built run by a text query (an image scores as its best-matching "
+                    "caption, or their mean), or with --image rank captions for one gallery image. Needs the outputs of "
+                    "`snakemake <results>/<dataset>/index/<encoder>/<captioner>`.",
+    )
+    search.add_argument("query", nargs="?", help="the text query")
+    search.add_argument("--image", help="image-to-text: an image id of the dataset, or a file path matched to it by file name")
+    search.add_argument("--captions", choices=["human", "generated"], default="human",
+                        help="with --image: rank the dataset's human captions (queries: the image's generated captions) or "
+                             "the generated captions (queries: the image's human captions); default human")
+    search.add_argument("-k", "--top", dest="k", type=int, default=10, help="number of results (default 10)")
+    search.add_argument("--aggregation", choices=["max", "mean"], default="max",
+                        help="how an item scores from several texts: best match (default) or mean")
+    search.add_argument("--caption-set", help="restrict to one caption set: a prompt, prompt/field (e.g. rsrt/one_sentence) "
+                                              "or fused (default: every text of the captioner)")
+    search.add_argument("--config", default="config.yaml", help="config of the run, for datasets and encoder specs (default config.yaml)")
+    search.add_argument("--results", help="results folder (default: config's results)")
+    search.add_argument("--dataset", help="dataset name (default: the only one in the config)")
+    search.add_argument("--captioner", help="captioner name (default: the only one, or the only one built)")
+    search.add_argument("--encoder", help="encoder name (default: the first in the config)")
+    search.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    search.add_argument("--html", help="also write a self-contained HTML gallery of the results to this path")
+    search.set_defaults(handler=_search)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    # search prints results: keep library chatter (model and FAISS loading) to warnings
+    logging.basicConfig(level=logging.WARNING if args.command == "search" else logging.INFO, format="%(levelname)s %(message)s")
     try:
         args.handler(args)
     except TrsllavaError as error:
