@@ -24,4 +24,5 @@ rule all:
         all_indexes(),
         ablation_tables(),
         figure_files(),
+        f"{R}/manifest.json",
     default_target: True

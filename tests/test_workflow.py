@@ -1,5 +1,6 @@
 """The whole workflow through Snakemake on the built-in sample, as a user runs it."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,7 @@ def test_report_and_lint(finished_run):
     snakemake(finished_run, "--report", str(finished_run / "report.html"))
     html = (finished_run / "report.html").read_text(errors="replace")
     assert "mr_heatmap_sample.png" in html and "ablation.csv" in html
+    assert "manifest.json" in html and "claude-sample.coverage.json" in html
     lint = snakemake(finished_run, "--lint")
     assert "Congratulations" in lint.stdout + lint.stderr and "Lints for" not in lint.stdout + lint.stderr
 
@@ -148,3 +150,26 @@ def test_changing_figure_options_reruns_only_the_figure_rule(finished_run):
     assert "MiniLM-L6" in svg and 'width="252pt"' in svg  # 3.5 in x 72 pt
     # the selection: the two chosen caption sets with max only, in config order
     assert "rsrt/one_sentence" in svg and "fused" not in svg and "rrf" not in svg
+    manifest = json.loads((finished_run / "results" / "manifest.json").read_text())
+    assert f"config {manifest['config_sha256'][:10]}" in svg  # the manifest's line in the footer
+
+
+def test_run_manifest_traces_the_results(finished_run):
+    from trsllava.datasets.load import BUILTIN_ANNOTATIONS
+    from trsllava.hashing import sha256_of
+    from trsllava.manifest import config_sha256
+
+    manifest = json.loads((finished_run / "results" / "manifest.json").read_text())
+    config = yaml.safe_load((finished_run / "config.yaml").read_text())
+    effective = manifest["config"]  # config.yaml with the schema's defaults filled in, less `figures`
+    assert "figures" not in effective and effective["captioners"] == config["captioners"]
+    assert manifest["config_sha256"] == config_sha256(effective) != config_sha256({**effective, "aggregations": ["max"]})
+    assert config_sha256({**effective, "figures": {"formats": ["svg"]}}) == manifest["config_sha256"]  # presentation only
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+    assert manifest["git"]["commit"] == (head.stdout.strip() or None)
+    assert manifest["datasets"]["sample"]["annotations_sha256"] == sha256_of(BUILTIN_ANNOTATIONS)
+    assert manifest["datasets"]["sample"]["images"] == 60 and len(manifest["datasets"]["sample"]["image_listing_sha256"]) == 64
+    assert manifest["captioners"] == [{"dataset": "sample", "captioner": "claude-sample", "backend": "import",
+                                       "model": config["captioners"]["claude-sample"]["model"], "revision": None}]
+    assert manifest["encoders"]["minilm"]["hub_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert manifest["hardware"]["cpus"] >= 1 and {"polars", "snakemake"} <= set(manifest["packages"])

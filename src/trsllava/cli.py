@@ -26,7 +26,7 @@ def _figures(args) -> None:
     if not metrics:
         raise TrsllavaError(f"no evaluation results (*/eval/*/*.metrics.parquet) under {results}")
     steps.ablation_tables(config, metrics, results)
-    steps.figures(config, results / "ablation.parquet", results / "figures")
+    steps.figures(config, results / "ablation.parquet", results / "figures", results / "manifest.json")
     print(f"redrew tables and figures from {len(metrics)} evaluation(s) into {results}")
 
 

@@ -200,8 +200,28 @@ def ablation_tables(config: dict, metric_files: list[Path], out_dir: Path) -> No
     write_ablation(gather_ablation([Path(p) for p in metric_files]), Path(out_dir))
 
 
-def figures(config: dict, ablation: Path, out_dir: Path) -> None:
+def figures(config: dict, ablation: Path, out_dir: Path, manifest: Path | None = None) -> None:
     from .reporting.figure_options import FigureOptions
     from .reporting.figures import write_figures
 
-    write_figures(pl.read_parquet(ablation), Path(out_dir), options=FigureOptions.from_config(config.get("figures")))
+    footer = None
+    if manifest is not None and Path(manifest).is_file():
+        import json
+
+        from .manifest import provenance_line
+
+        footer = provenance_line(json.loads(Path(manifest).read_text()))
+    write_figures(pl.read_parquet(ablation), Path(out_dir), options=FigureOptions.from_config(config.get("figures")),
+                  footer=footer)
+
+
+def write_run_manifest(config: dict, workflow_dir: Path, image_tables: list[Path], caption_tables: list[Path],
+                       out: Path) -> None:
+    """results/manifest.json: config hash, git commit, versions, models, dataset checksums, hardware."""
+    from .manifest import build_manifest
+
+    tables = {Path(p).parent.parent.name: Path(p) for p in image_tables}  # results/<dataset>/dataset/images.parquet
+    manifest = build_manifest(config, Path(workflow_dir), tables, [Path(p) for p in caption_tables])
+    log.info("manifest: config %s, commit %s, %d caption model(s)", manifest["config_sha256"][:10],
+             manifest["git"]["commit"], len(manifest["captioners"]))
+    write_json(manifest, out)

@@ -4,7 +4,13 @@ rule import_captions:
         images=f"{R}/{{dataset}}/dataset/images.parquet",
     output:
         captions=f"{R}/{{dataset}}/captions/{{captioner}}.parquet",
-        coverage=f"{R}/{{dataset}}/captions/{{captioner}}.coverage.json",
+        coverage=report(
+            f"{R}/{{dataset}}/captions/{{captioner}}.coverage.json",
+            caption="../report/coverage.rst",
+            category="Caption quality",
+            subcategory="{dataset}",
+            labels={"captioner": "{captioner}", "report": "coverage"},
+        ),
     log:
         f"{R}/logs/import_captions/{{dataset}}/{{captioner}}.log",
     wildcard_constraints:
@@ -79,8 +85,20 @@ rule merge_captions:
         ],
     output:
         captions=f"{R}/{{dataset}}/captions/{{captioner}}.parquet",
-        coverage=f"{R}/{{dataset}}/captions/{{captioner}}.coverage.json",
-        quality=f"{R}/{{dataset}}/captions/{{captioner}}.quality.json",
+        coverage=report(
+            f"{R}/{{dataset}}/captions/{{captioner}}.coverage.json",
+            caption="../report/coverage.rst",
+            category="Caption quality",
+            subcategory="{dataset}",
+            labels={"captioner": "{captioner}", "report": "coverage"},
+        ),
+        quality=report(
+            f"{R}/{{dataset}}/captions/{{captioner}}.quality.json",
+            caption="../report/quality.rst",
+            category="Caption quality",
+            subcategory="{dataset}",
+            labels={"captioner": "{captioner}", "report": "quality"},
+        ),
     log:
         f"{R}/logs/merge_captions/{{dataset}}/{{captioner}}.log",
     wildcard_constraints:

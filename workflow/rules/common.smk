@@ -37,6 +37,10 @@ def caption_sets():
     return [(d, c) for c in config["captioners"] for d in captioned_datasets(c)]
 
 
+def evaluated_datasets():
+    return sorted({d for d, _ in caption_sets()})
+
+
 def n_shards(captioner):
     return int(config["captioners"][captioner].get("shards", 1))
 

@@ -27,7 +27,8 @@ rule ablation:
 rule draw_figures:
     """Heatmaps, recall bars and the comparison with published numbers, from the ablation table only."""
     input:
-        f"{R}/ablation.parquet",
+        ablation=f"{R}/ablation.parquet",
+        manifest=f"{R}/manifest.json",
     params:
         # figure options are params: editing them reruns this rule only (Snakemake's params trigger)
         options=config["figures"],
@@ -54,3 +55,28 @@ rule figures:
     input:
         ablation_tables(),
         figure_files(),
+        f"{R}/manifest.json",
+
+
+rule manifest:
+    """results/manifest.json: config hash, git commit, package versions, captioning models and
+    commits, encoders, dataset checksums and hardware; the figures carry its one-line summary."""
+    input:
+        images=[f"{R}/{d}/dataset/images.parquet" for d in evaluated_datasets()],
+        captions=[f"{R}/{d}/captions/{c}.parquet" for d, c in caption_sets()],
+    output:
+        report(f"{R}/manifest.json", caption="../report/manifest.rst", category="Run", labels={"file": "manifest"}),
+    params:
+        # the experiment, not its presentation: editing `figures:` does not rewrite the manifest
+        experiment={key: value for key, value in config.items() if key != "figures"},
+        workflow_dir=workflow.basedir,
+    log:
+        f"{R}/logs/manifest.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/retrieval.yaml"
+    script:
+        "../scripts/manifest.py"

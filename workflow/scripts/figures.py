@@ -10,6 +10,7 @@ from trsllava.snakemake_glue import run
 run(
     snakemake,
     steps.figures,
-    ablation=snakemake.input[0],
+    ablation=snakemake.input.ablation,
+    manifest=snakemake.input.manifest,
     out_dir=Path(snakemake.output[0]).parent,
 )

@@ -47,12 +47,15 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "dataset"
 
 
-def _save(fig: Figure, out_dir: Path, stem: str, formats, dpi: int = DPI, width: float | None = None) -> list[Path]:
+def _save(fig: Figure, out_dir: Path, stem: str, formats, dpi: int = DPI, width: float | None = None,
+          footer: str | None = None) -> list[Path]:
     FigureCanvasAgg(fig)
     if width:  # a fixed width (e.g. a paper's column); the height keeps the figure's proportions
         old_width, old_height = fig.get_size_inches()
         fig.set_size_inches(width, old_height * width / old_width)
         fig.tight_layout()
+    if footer:  # the run's provenance (from results/manifest.json), small, in the bottom-right corner
+        fig.text(0.995, 0.002, footer, fontsize=4.5, ha="right", va="bottom", color="0.55")
     written = []
     for fmt in formats:
         path = Path(out_dir) / f"{stem}.{fmt}"
@@ -304,6 +307,7 @@ def write_figures(
     reference_names: dict[str, str] | None = None,
     reference: pl.DataFrame | None = None,
     options: FigureOptions | None = None,
+    footer: str | None = None,
 ) -> list[Path]:
     """Write mr_heatmap_<dataset>, recall_bars_<dataset> and vs_published under ``out_dir``, drawing
     the rows, order, labels, size and formats of ``options`` (config.yaml's `figures:`; ``formats``
@@ -314,7 +318,7 @@ def write_figures(
     out_dir.mkdir(parents=True, exist_ok=True)
     every_dataset = _datasets(ablation)  # one file per dataset even when the selection leaves it empty
     ablation = options.rows(ablation)
-    save = {"formats": options.formats, "dpi": options.dpi, "width": options.width}
+    save = {"formats": options.formats, "dpi": options.dpi, "width": options.width, "footer": footer}
     written: list[Path] = []
     for dataset in every_dataset:
         stem = _safe_name(dataset)
