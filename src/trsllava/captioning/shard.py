@@ -36,11 +36,14 @@ def shard_images(images: pl.DataFrame, shard: int, shards: int) -> pl.DataFrame:
 
 
 def cache_key(model: dict, prompt: Prompt, sampling: dict, image_sha256: str) -> str:
-    material = json.dumps(
-        {"model": model.get("model_id"), "revision": model.get("model_revision"), "prompt": prompt.hash,
-         "sampling": sampling, "image": image_sha256},
-        sort_keys=True,
-    )
+    """The job's key: model, revision, prompt hash, sampling, image bytes, and the processor options
+    when the backend reports any (they change the image tokens the model sees). Without processor
+    options the key is the one earlier versions computed, so their progress files stay valid."""
+    fields = {"model": model.get("model_id"), "revision": model.get("model_revision"), "prompt": prompt.hash,
+              "sampling": sampling, "image": image_sha256}
+    if model.get("processor_options"):
+        fields["processor_options"] = model["processor_options"]
+    material = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
