@@ -119,7 +119,12 @@ def build_tiny_smolvlm(out_dir: Path, seed: int = 0) -> Path:
     global torch RNG state is left as it was. The saved processor splits images (as the real
     model's does). Returns ``out_dir``."""
     import torch
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3VisionConfig, LlamaConfig
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3VisionConfig,
+        LlamaConfig,
+    )
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
