@@ -305,5 +305,6 @@ def test_changed_processor_options_are_not_served_from_the_progress_file(split, 
     ShardRun(split, [prompt], sampling, batch_size=1).run(images, progress)
     ShardRun(split, [prompt], sampling, batch_size=1).run(images, progress)
     assert len(read_progress(progress)) == 1  # same settings: resumed, nothing redone
-    ShardRun(whole, [prompt], sampling, batch_size=1).run(images, progress)
+    rows = ShardRun(whole, [prompt], sampling, batch_size=1).run(images, progress)
     assert len({row["key"] for row in read_progress(progress)}) == 2
+    assert len(rows) == 1 and rows[0]["key"] != read_progress(progress)[0]["key"]  # only the current settings' row

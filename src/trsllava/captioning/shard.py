@@ -82,16 +82,17 @@ class ShardRun:
     def run(self, images: pl.DataFrame, progress_path: Path) -> list[dict]:
         model = self.backend.describe()
         done = {row["key"] for row in read_progress(progress_path)}
-        pending = []
+        pending, current = [], set()
         for image_id, path in images.select("image_id", "path").iter_rows():
             if path is None:
                 raise TrsllavaError(f"image '{image_id}' has no file: captioning needs the dataset's `images` folder")
             sha = sha256_of(path)
             for prompt in self.prompts:
                 key = cache_key(model, prompt, self.sampling, sha)
+                current.add(key)
                 if key not in done:
                     pending.append((key, image_id, path, prompt))
-        log.info("shard: %d image x prompt jobs to run, %d already finished", len(pending), len(done))
+        log.info("shard: %d image x prompt jobs to run, %d already finished", len(pending), len(current) - len(pending))
         progress_path.parent.mkdir(parents=True, exist_ok=True)
         drop_torn_tail(progress_path)
         with open(progress_path, "a", encoding="utf-8") as out, tqdm(total=len(pending), desc="captioning", unit="job") as bar:
@@ -102,7 +103,8 @@ class ShardRun:
                 out.flush()
                 os.fsync(out.fileno())
                 bar.update(len(batch))
-        return read_progress(progress_path)
+        # rows of earlier settings (other sampling or processor options) stay in the file but are not results
+        return [row for row in read_progress(progress_path) if row["key"] in current]
 
     def _request(self, seed_material: str, path: str, prompt: Prompt, n: int) -> GenerationRequest:
         # seeded per request: the same image and settings give the same samples however jobs are batched
