@@ -37,6 +37,9 @@ def make_backend(name: str, entry: dict):
     model = entry.get("model")
     if not model:
         raise TrsllavaError(f"config: captioners.{name}.model is required for backend '{entry['backend']}'")
+    if kind == "openai" and entry.get("processor_options"):
+        raise TrsllavaError(f"config: captioners.{name}.processor_options: the openai backend cannot set them; "
+                            "give them to the server (e.g. `vllm serve --mm-processor-kwargs '{...}'`)")
     try:
         if kind == "transformers":
             from .hf_backend import TransformersBackend
@@ -45,12 +48,14 @@ def make_backend(name: str, entry: dict):
                 model, dtype=entry.get("dtype", "auto"), device=entry.get("device", "auto"),
                 max_new_tokens=sampling["max_tokens"], temperature=sampling["temperature"], seed=sampling["seed"],
                 batch_size=int(entry.get("batch_size", 4)), max_image_side=entry.get("max_image_side"),
+                processor_options=entry.get("processor_options"),
             )
         if kind == "vllm":
             from .vllm_backend import VLLMBackend
 
             options = {k: entry[k] for k in ("dtype", "max_model_len", "max_num_seqs", "tensor_parallel_size",
-                                              "limit_mm_per_prompt", "enforce_eager", "max_image_side") if k in entry}
+                                              "limit_mm_per_prompt", "enforce_eager", "max_image_side", "processor_options")
+                       if k in entry}
             return VLLMBackend(model, max_new_tokens=sampling["max_tokens"], temperature=sampling["temperature"],
                                seed=sampling["seed"], **options)
         if kind == "openai":

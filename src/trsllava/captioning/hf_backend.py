@@ -11,7 +11,15 @@ import logging
 from pathlib import Path
 
 from ..errors import TrsllavaError
-from .types import GenerationRequest, GenerationResult, check_requests, check_settings, sampling_temperature
+from .types import (
+    GenerationRequest,
+    GenerationResult,
+    check_processor_options,
+    check_requests,
+    check_settings,
+    sampling_temperature,
+    warn_unknown_processor_options,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +68,11 @@ class TransformersBackend:
 
     ``GenerationRequest.json_schema`` is ignored: constrained (structured) decoding is a vLLM
     feature. Outputs of structured prompts are validated after generation by the caller.
+
+    ``processor_options``: keyword arguments for ``AutoProcessor.from_pretrained``, overriding the
+    model folder's processor settings, e.g. ``{"do_image_splitting": False}`` for SmolVLM / Idefics3
+    (one tile per image instead of a grid of tiles + a global view). They change the prompts, so
+    ``describe()`` reports them (and the shard cache key covers them).
     """
 
     name = "transformers"
@@ -75,6 +88,7 @@ class TransformersBackend:
         seed: int = 0,
         batch_size: int = 4,
         max_image_side: int | None = None,
+        processor_options: dict | None = None,
     ):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -86,6 +100,7 @@ class TransformersBackend:
         self.seed = int(seed)
         self.batch_size = int(batch_size)
         self.max_image_side = max_image_side
+        self.processor_options = check_processor_options(processor_options)
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -94,11 +109,12 @@ class TransformersBackend:
         torch_dtype = self._torch_dtype(dtype)
 
         try:
-            self.processor = AutoProcessor.from_pretrained(self.model_id)
+            self.processor = AutoProcessor.from_pretrained(self.model_id, **self.processor_options)
             self.model = AutoModelForImageTextToText.from_pretrained(self.model_id, **_dtype_kwarg(torch_dtype))
         except OSError as exc:  # missing folder, missing files, model not in the offline cache
             raise TrsllavaError(f"model {self.model_id}: cannot be loaded: {exc}") from exc
         self.model.to(self.device).eval()
+        warn_unknown_processor_options(self.processor, self.processor_options, self.model_id)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
@@ -139,13 +155,16 @@ class TransformersBackend:
         return getattr(self.model.config, "_commit_hash", None) or None
 
     def describe(self) -> dict:
-        return {
+        info = {
             "backend": self.name,
             "model_id": self.model_id,
             "model_revision": self.revision(),
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "device": str(self.device),
         }
+        if self.processor_options:  # absent when unset: existing provenance and cache keys stay as they were
+            info["processor_options"] = dict(self.processor_options)
+        return info
 
     def _prompt(self, prompt_text: str) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt_text}]}]

@@ -36,11 +36,14 @@ def shard_images(images: pl.DataFrame, shard: int, shards: int) -> pl.DataFrame:
 
 
 def cache_key(model: dict, prompt: Prompt, sampling: dict, image_sha256: str) -> str:
-    material = json.dumps(
-        {"model": model.get("model_id"), "revision": model.get("model_revision"), "prompt": prompt.hash,
-         "sampling": sampling, "image": image_sha256},
-        sort_keys=True,
-    )
+    """The job's key: model, revision, prompt hash, sampling, image bytes, and the processor options
+    when the backend reports any (they change the image tokens the model sees). Without processor
+    options the key is the one earlier versions computed, so their progress files stay valid."""
+    fields = {"model": model.get("model_id"), "revision": model.get("model_revision"), "prompt": prompt.hash,
+              "sampling": sampling, "image": image_sha256}
+    if model.get("processor_options"):
+        fields["processor_options"] = model["processor_options"]
+    material = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
@@ -79,16 +82,17 @@ class ShardRun:
     def run(self, images: pl.DataFrame, progress_path: Path) -> list[dict]:
         model = self.backend.describe()
         done = {row["key"] for row in read_progress(progress_path)}
-        pending = []
+        pending, current = [], set()
         for image_id, path in images.select("image_id", "path").iter_rows():
             if path is None:
                 raise TrsllavaError(f"image '{image_id}' has no file: captioning needs the dataset's `images` folder")
             sha = sha256_of(path)
             for prompt in self.prompts:
                 key = cache_key(model, prompt, self.sampling, sha)
+                current.add(key)
                 if key not in done:
                     pending.append((key, image_id, path, prompt))
-        log.info("shard: %d image x prompt jobs to run, %d already finished", len(pending), len(done))
+        log.info("shard: %d image x prompt jobs to run, %d already finished", len(pending), len(current) - len(pending))
         progress_path.parent.mkdir(parents=True, exist_ok=True)
         drop_torn_tail(progress_path)
         with open(progress_path, "a", encoding="utf-8") as out, tqdm(total=len(pending), desc="captioning", unit="job") as bar:
@@ -99,7 +103,8 @@ class ShardRun:
                 out.flush()
                 os.fsync(out.fileno())
                 bar.update(len(batch))
-        return read_progress(progress_path)
+        # rows of earlier settings (other sampling or processor options) stay in the file but are not results
+        return [row for row in read_progress(progress_path) if row["key"] in current]
 
     def _request(self, seed_material: str, path: str, prompt: Prompt, n: int) -> GenerationRequest:
         # seeded per request: the same image and settings give the same samples however jobs are batched

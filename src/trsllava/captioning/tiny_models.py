@@ -46,27 +46,29 @@ IMAGE_SIZE = 64
 PATCH_SIZE = 16  # -> (64 / 16) ** 2 = 16 image tokens per image
 
 
-def _build_tokenizer():
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
-    from transformers import PreTrainedTokenizerFast
+def _train_bpe(special_tokens, corpus=_CORPUS):
+    """A byte-level BPE ``tokenizers.Tokenizer`` (vocabulary 512) trained on ``corpus``, the
+    ``special_tokens`` taking the first ids in order. Deterministic: same inputs, same vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=512,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 20, trainer)
+    tok.train_from_iterator(list(corpus) * 20, trainer)
+    return tok
+
+
+def _build_tokenizer():
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _train_bpe(SPECIAL_TOKENS)
     bos_id = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]

