@@ -20,7 +20,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from trsllava.atomic import atomic_path  # noqa: E402
 
-from .tables import load_reference_results  # noqa: E402
+from .tables import headline_rows, load_reference_results  # noqa: E402
 
 DPI = 150
 LABEL_SIZE = 8
@@ -288,6 +288,7 @@ def write_figures(
     under ``out_dir``; return the written paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    ablation = headline_rows(ablation)  # diagnostic rows (the oracle) stay in the tables only
     written: list[Path] = []
     for dataset in _datasets(ablation):
         stem = _safe_name(dataset)
