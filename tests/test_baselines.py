@@ -146,6 +146,29 @@ def test_oracle_image_to_text_mean_by_hand():
     assert tie_rows(stats, "i2t", "mean") == {"A": (1, 0, 2), "B": (0, 0, 2), "C": (4, 0, 1)}
 
 
+def test_oracle_leaves_out_the_caption_or_every_identical_caption():
+    """A: t1, t1 (a repeated caption, as in RSICD), t2; B: t3. Query A's first t1:
+    leaving out the row, A keeps the other t1 (1.0, first); leaving out the text, A has only t2
+    (.8) and B's t3 (.6) stays below; B's t3 query: A .96 either way."""
+    refs = pl.DataFrame({"caption_id": [0, 1, 2, 3], "image_id": ["A", "A", "A", "B"], "text": ["t1", "t1", "t2", "t3"]})
+    texts = {"t1": [1.0, 0.0], "t2": [0.0, 1.0], "t3": [0.6, 0.8]}
+    by_caption = Oracle(images_table(["A", "B"]), refs, "test", representation(texts), Settings(progress=False), "caption")
+    by_text = Oracle(images_table(["A", "B"]), refs, "test", representation(texts), Settings(progress=False), "text")
+    assert set(by_caption.text_to_image()["caption_set"]) == {"references-loo"}
+    assert set(by_text.text_to_image()["caption_set"]) == {"references-loo-distinct"}
+    mean_caption = tie_rows(by_caption.text_to_image(), "t2i", "mean")
+    mean_text = tie_rows(by_text.text_to_image(), "t2i", "mean")
+    # mean, query 0 (A's t1): by caption A = (1 + 0) / 2 = .5 < B .6 -> 1 above; by text A = t2 alone 0 -> 1 above
+    assert (mean_caption["0"], mean_text["0"]) == ((1, 0, 1), (1, 0, 1))
+    # max: by caption A 1.0 first; by text A 0 < B .6
+    assert tie_rows(by_caption.text_to_image(), "t2i")["0"] == (0, 0, 1)
+    assert tie_rows(by_text.text_to_image(), "t2i")["0"] == (1, 0, 1)
+    # i2t max, image A: own t1 rows scored by the other t1 (1.0) by caption, by t2 only (0) by text;
+    # own t2 by max(t1, t1) = 0; B's t3 by max(.6, .6, .8) = .8
+    assert tie_rows(by_caption.image_to_text(), "i2t")["A"] == (0, 0, 2)
+    assert tie_rows(by_text.image_to_text(), "i2t")["A"] == (1, 0, 3)
+
+
 # -- through Snakemake ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -168,9 +191,9 @@ def test_ablation_has_the_clip_and_oracle_rows(baseline_run):
     for column in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR"):
         assert 0.0 <= row[column] <= 100.0
     oracle_rows = ablation.filter(pl.col("captioner") == "oracle")
-    assert sorted(oracle_rows.select("encoder", "aggregation").rows()) == sorted(
-        (e, a) for e in ("bm25", "minilm") for a in ("max", "mean"))
-    assert set(oracle_rows["kind"]) == {"diagnostic"} and set(oracle_rows["prompt"]) == {"references-loo"}
+    assert sorted(oracle_rows.select("prompt", "encoder", "aggregation").rows()) == sorted(
+        (p, e, a) for p in ("references-loo", "references-loo-distinct") for e in ("bm25", "minilm") for a in ("max", "mean"))
+    assert set(oracle_rows["kind"]) == {"diagnostic"}
     assert set(oracle_rows["n_t2i_queries"]) == {300} and set(oracle_rows["n_i2t_queries"]) == {60}
     assert ((oracle_rows["mR"] > 0) & (oracle_rows["mR"] <= 100)).all()
     captions = ablation.filter(pl.col("captioner") == "claude-sample")
