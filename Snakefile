@@ -17,6 +17,7 @@ include: "workflow/rules/captions.smk"
 include: "workflow/rules/embeddings.smk"
 include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/baselines.smk"
 
 
 rule all:

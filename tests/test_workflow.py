@@ -26,6 +26,7 @@ def write_config(workdir: Path, **changes) -> Path:
     """The offline configuration (config.yaml less the captioners that download a model) with changes."""
     config = yaml.safe_load((ROOT / "config.offline.yaml").read_text())
     config["results"] = str(workdir / "results")
+    config["baselines"] = {"clip": {"models": {}}, "oracle": False}  # no CLIP download; tests opt in
     config.update(changes)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))

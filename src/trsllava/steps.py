@@ -225,3 +225,35 @@ def write_run_manifest(config: dict, workflow_dir: Path, image_tables: list[Path
     log.info("manifest: config %s, commit %s, %d caption model(s)", manifest["config_sha256"][:10],
              manifest["git"]["commit"], len(manifest["captioners"]))
     write_json(manifest, out)
+
+
+# -- baselines: zero-shot CLIP and the human-caption oracle -------------------------------------
+
+def clip_embed(config: dict, dataset: str, model_name: str, images: Path, references: Path, out_dir: Path) -> None:
+    """Embed the gallery images and the distinct human captions with a configured CLIP model."""
+    from .baselines.clip import embed_dataset
+
+    entry = config["baselines"]["clip"]["models"][model_name]
+    embed_dataset(model_name, entry, pl.read_parquet(images), pl.read_parquet(references), Path(out_dir))
+
+
+def clip_evaluate(config: dict, dataset: str, model_name: str, inputs: dict, metrics_out: Path, ranks_out: Path) -> None:
+    from .evaluation.baselines import evaluate_clip
+
+    evaluate_clip(
+        dataset=dataset, split=dataset_spec(config, dataset).split, model_name=model_name,
+        images_path=Path(inputs["images"]), references_path=Path(inputs["references"]),
+        embeddings_dir=Path(inputs["embeddings"]), settings=evaluation_settings(config),
+        metrics_out=Path(metrics_out), ranks_out=Path(ranks_out),
+    )
+
+
+def oracle_evaluate(config: dict, dataset: str, encoder_name: str, inputs: dict, metrics_out: Path, ranks_out: Path) -> None:
+    from .evaluation.baselines import evaluate_oracle
+
+    evaluate_oracle(
+        dataset=dataset, split=dataset_spec(config, dataset).split, encoder_name=encoder_name,
+        encoder_entry=config["encoders"][encoder_name], images_path=Path(inputs["images"]),
+        references_path=Path(inputs["references"]), reference_rep_dir=Path(inputs["references_rep"]),
+        settings=evaluation_settings(config), metrics_out=Path(metrics_out), ranks_out=Path(ranks_out),
+    )

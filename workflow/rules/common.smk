@@ -74,3 +74,22 @@ def figure_files():
         for name in names
         for fmt in config["figures"]["formats"]
     ]
+
+
+# -- baselines (workflow/rules/baselines.smk) ----------------------------------------------------
+BASELINES = config.get("baselines", {})
+CLIP_MODELS = list(BASELINES.get("clip", {}).get("models", {}) or {})
+
+
+def clip_datasets():
+    """Datasets the CLIP baseline runs on: those with images (the builtin sample has them)."""
+    return [d for d, e in config["datasets"].items() if e["format"] == "builtin" or e.get("images")]
+
+
+def baseline_metrics():
+    """Metrics of the CLIP rows (each model x dataset with images) and of the oracle rows (each
+    encoder x dataset), gathered into the ablation table beside the caption sets."""
+    files = [f"{R}/{d}/baselines/clip/{m}/metrics.parquet" for d in clip_datasets() for m in CLIP_MODELS]
+    if BASELINES.get("oracle", False):
+        files += [f"{R}/{d}/baselines/oracle/{e}.metrics.parquet" for d in config["datasets"] for e in config["encoders"]]
+    return files

@@ -2,6 +2,7 @@ rule ablation:
     """Gather every evaluation into the ablation table (CSV, parquet, Markdown, LaTeX)."""
     input:
         all_metrics(),
+        baseline_metrics(),
     output:
         report(
             f"{R}/ablation.csv",

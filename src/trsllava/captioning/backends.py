@@ -66,8 +66,7 @@ def make_backend(name: str, entry: dict):
                                  temperature=sampling["temperature"], seed=sampling["seed"], **options)
     except TrsllavaError as error:
         reason = str(error).strip().splitlines()[0].rstrip(".")  # one line: the loader's first sentence
-        raise TrsllavaError(
-            f"captioner '{name}': {reason}. Without a model hub, either set captioners.{name}.model to a local "
-            f"model folder, or run an offline config that imports caption sets (backend: import)"
-        ) from error
+        from .model_fetch import ways_out
+
+        raise TrsllavaError(f"captioner '{name}': {reason}. {ways_out(name)}") from error
     raise TrsllavaError(f"config: captioners.{name}.backend '{kind}' is not one of {GENERATING_BACKENDS} or import")

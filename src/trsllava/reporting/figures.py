@@ -21,7 +21,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from trsllava.atomic import atomic_path  # noqa: E402
 
 from .figure_options import FigureOptions  # noqa: E402
-from .tables import load_reference_results  # noqa: E402
+from .tables import headline_rows, load_reference_results  # noqa: E402
 
 DPI = 150
 LABEL_SIZE = 8
@@ -316,6 +316,7 @@ def write_figures(
     names = options.reference_names or reference_names
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    ablation = headline_rows(ablation)  # diagnostic rows (the oracle) stay in the tables only
     every_dataset = _datasets(ablation)  # one file per dataset even when the selection leaves it empty
     ablation = options.rows(ablation)
     save = {"formats": options.formats, "dpi": options.dpi, "width": options.width, "footer": footer}

@@ -26,6 +26,13 @@ ABLATION_COLUMNS = [
 ]
 
 
+# What a row is: a caption set (the pipeline), a baseline (zero-shot CLIP) or a diagnostic (the
+# human-caption oracle, never a headline). Metrics files without the column are caption sets.
+KIND_COLUMN = "kind"
+KIND_CAPTIONS = "captions"
+KIND_DIAGNOSTIC = "diagnostic"
+
+
 def gather_ablation(metric_files: list[Path]) -> pl.DataFrame:
     """Concatenate the per-evaluation metrics parquet files into one ablation frame: the
     ABLATION_COLUMNS first, then every other column, sorted by the key columns."""
@@ -36,8 +43,19 @@ def gather_ablation(metric_files: list[Path]) -> pl.DataFrame:
     missing = [c for c in ABLATION_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"metrics files lack column(s) {missing}")
+    frame = frame.with_columns(
+        (pl.col(KIND_COLUMN).fill_null(KIND_CAPTIONS) if KIND_COLUMN in frame.columns else pl.lit(KIND_CAPTIONS)).alias(KIND_COLUMN)
+    )
     rest = [c for c in frame.columns if c not in ABLATION_COLUMNS]
     return frame.select(ABLATION_COLUMNS + rest).sort(KEY_COLUMNS, maintain_order=True)
+
+
+def headline_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    """The rows that figures and best-row picks consider: every row but the diagnostic ones (the
+    human-caption oracle), which are upper bounds and not results of a retrieval system."""
+    if KIND_COLUMN not in frame.columns:
+        return frame
+    return frame.filter(pl.col(KIND_COLUMN).fill_null(KIND_CAPTIONS) != KIND_DIAGNOSTIC)
 
 
 def to_markdown(frame: pl.DataFrame) -> str:
@@ -66,8 +84,10 @@ def latex_escape(text: str) -> str:
 
 
 def _best_mr(frame: pl.DataFrame) -> list[bool]:
-    """Whether each row holds its dataset's best mR (ties all count as best)."""
-    best = frame.select((pl.col("mR") == pl.col("mR").max().over("dataset")).fill_null(False))
+    """Whether each row holds its dataset's best mR (ties all count as best; diagnostic rows never do)."""
+    eligible = pl.col(KIND_COLUMN).fill_null(KIND_CAPTIONS) != KIND_DIAGNOSTIC if KIND_COLUMN in frame.columns else pl.lit(True)
+    mr = pl.when(eligible).then(pl.col("mR"))
+    best = frame.select((eligible & (mr == mr.max().over("dataset"))).fill_null(False))
     return best.to_series().to_list()
 
 
@@ -75,7 +95,7 @@ def to_latex(frame: pl.DataFrame) -> str:
     """A booktabs LaTeX tabular of the ABLATION_COLUMNS; each dataset's best mR in bold."""
     table = frame.select(ABLATION_COLUMNS)
     numeric = [dtype.is_numeric() for dtype in table.dtypes]
-    best = _best_mr(table)
+    best = _best_mr(frame)
     mr_index = table.columns.index("mR")
     spec = "".join("r" if is_num else "l" for is_num in numeric)
     lines = [

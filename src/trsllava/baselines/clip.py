@@ -1,0 +1,142 @@
+"""Zero-shot CLIP image-text retrieval: the baseline every caption-based pipeline is compared with.
+
+A CLIP model embeds the gallery images and the human captions (unit-normalised, so inner product is
+cosine similarity). Both are saved in the dense-representation format of the text encoders
+(``texts.parquet`` + ``embeddings.npy``), so the evaluator scores them like any caption set: the
+image side is a "caption set" with exactly one database item per image, keyed ``<image>ID``.
+
+Models are Hugging Face CLIP checkpoints (``CLIPModel`` + ``AutoProcessor``): a hub id such as
+``openai/clip-vit-base-patch32`` (downloaded once, like the VLM captioners) or a local folder in HF
+format (``config.json``, weights, tokenizer and preprocessor files), which is how RemoteCLIP and
+GeoRSCLIP checkpoints are used once converted to that layout. open_clip ``.pt`` files are not read.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from ..atomic import write_json, write_npy
+from ..encoders.base import save_texts
+from ..encoders.dense import VECTORS_FILE, pick_device
+from ..errors import TrsllavaError
+
+log = logging.getLogger(__name__)
+
+IMAGE_KEY = "<image>"  # prefix of the database key of each image (its one "text")
+IMAGES_DIR = "images"
+REFERENCES_DIR = "references"
+
+
+def image_key(image_id: str) -> str:
+    return f"{IMAGE_KEY}{image_id}"
+
+
+def display_name(model_name: str) -> str:
+    """The captioner column of a CLIP row: ``clip:<name>`` (file paths use the bare name)."""
+    return f"clip:{model_name}"
+
+
+def _is_hub_id(source: str) -> bool:
+    return "/" in source and not Path(source).expanduser().exists() and not source.startswith((".", "/", "~"))
+
+
+def load_clip(entry: dict, name: str = "clip"):
+    """(model, processor, device) for a config entry ``{model, device}``."""
+    import torch  # noqa: F401  (torch must be importable before transformers picks a backend)
+    from transformers import AutoProcessor, CLIPModel
+
+    source = str(entry["model"])
+    path = Path(source).expanduser()
+    if not _is_hub_id(source) and not path.is_dir():
+        raise TrsllavaError(
+            f"config: baselines.clip.models.{name}.model is '{source}': not a folder (a local CLIP checkpoint in "
+            "Hugging Face format) nor a hub id org/name"
+        )
+    device = pick_device(entry.get("device", "auto"))
+    try:
+        model = CLIPModel.from_pretrained(str(path) if path.is_dir() else source)
+        processor = AutoProcessor.from_pretrained(str(path) if path.is_dir() else source)
+    except OSError as exc:
+        raise TrsllavaError(
+            f"CLIP model '{source}' could not be loaded ({str(exc).splitlines()[0]}); without a model hub, give "
+            f"baselines.clip.models.{name}.model a local folder in Hugging Face format, or run the offline "
+            f"config without CLIP: make run-offline"
+        ) from exc
+    model = model.to(device).eval()
+    log.info("clip %s: loaded %s on %s", name, source, device)
+    return model, processor, device
+
+
+def _features(output):
+    """transformers 4 returns the projected features, 5 an output whose pooler_output holds them."""
+    import torch
+
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def embed_images(model, processor, device: str, paths: list[str], batch_size: int = 32) -> np.ndarray:
+    """Unit-normalised image embeddings, one row per path (RGB, the processor's resize and crop)."""
+    import torch
+    from PIL import Image
+
+    chunks = []
+    for start in range(0, len(paths), batch_size):
+        images = []
+        for path in paths[start : start + batch_size]:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        inputs = processor(images=images, return_tensors="pt").to(device)
+        with torch.inference_mode():
+            chunks.append(_features(model.get_image_features(**inputs)).float().cpu().numpy())
+    return _normalise(np.concatenate(chunks)) if chunks else np.zeros((0, 0), dtype=np.float32)
+
+
+def embed_texts(model, processor, device: str, texts: list[str], batch_size: int = 32) -> np.ndarray:
+    """Unit-normalised text embeddings; texts longer than the model's context are truncated."""
+    import torch
+
+    max_length = int(model.config.text_config.max_position_embeddings)
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        inputs = processor(
+            text=texts[start : start + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        ).to(device)
+        with torch.inference_mode():
+            chunks.append(_features(model.get_text_features(**inputs)).float().cpu().numpy())
+    return _normalise(np.concatenate(chunks)) if chunks else np.zeros((0, 0), dtype=np.float32)
+
+
+def embed_dataset(name: str, entry: dict, images: pl.DataFrame, references: pl.DataFrame, out_dir: Path) -> None:
+    """Write ``out_dir/images`` (one vector per gallery image, keyed ``<image>ID``) and
+    ``out_dir/references`` (one vector per distinct human caption), both dense representations."""
+    missing = images.filter(pl.col("path").is_null())["image_id"].to_list()
+    if missing:
+        raise TrsllavaError(
+            f"the CLIP baseline needs the images: {len(missing)} gallery image(s) have no file (e.g. {missing[0]}); "
+            "give the dataset an `images` folder"
+        )
+    model, processor, device = load_clip(entry, name)
+    batch_size = int(entry.get("batch_size", 32))
+    texts = references["text"].unique(maintain_order=True).to_list()
+    log.info("clip %s: embedding %d images and %d distinct captions", name, images.height, len(texts))
+    image_vectors = embed_images(model, processor, device, images["path"].to_list(), batch_size)
+    text_vectors = embed_texts(model, processor, device, texts, batch_size)
+    described = {"name": name, "type": "clip", **entry, "dim": int(image_vectors.shape[1])}
+    for sub, keys, vectors in (
+        (IMAGES_DIR, [image_key(i) for i in images["image_id"].to_list()], image_vectors),
+        (REFERENCES_DIR, texts, text_vectors),
+    ):
+        directory = Path(out_dir) / sub
+        directory.mkdir(parents=True, exist_ok=True)
+        write_npy(vectors, directory / VECTORS_FILE)
+        save_texts(keys, directory)
+        write_json(described, directory / "encoder.json")
