@@ -42,7 +42,7 @@ rule fetch_captioner_model:
         mem_mb=1000,
         runtime=120,
     conda:
-        "../../envs/captioning.yaml"
+        captioning_env
     script:
         "../scripts/fetch_captioner_model.py"
 
@@ -70,7 +70,7 @@ rule caption_shard:
         gpu=lambda w: int(config["captioners"][w.captioner].get("gpus", 0)),
         runtime=240,
     conda:
-        "../../envs/captioning.yaml"
+        captioning_env
     script:
         "../scripts/caption_shard.py"
 
@@ -108,6 +108,6 @@ rule merge_captions:
         mem_mb=2000,
         runtime=15,
     conda:
-        "../../envs/captioning.yaml"
+        captioning_env
     script:
         "../scripts/merge_captions.py"

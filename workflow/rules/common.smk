@@ -37,6 +37,14 @@ def caption_sets():
     return [(d, c) for c in config["captioners"] for d in captioned_datasets(c)]
 
 
+def captioning_env(wildcards):
+    """The conda env of a captioner's jobs (--sdm conda): vLLM's for backend vllm, else transformers'
+    (auto then runs transformers, which is what auto picks where vLLM is absent)."""
+    backend = config["captioners"][wildcards.captioner]["backend"]
+    family = "vllm" if backend == "vllm" else "transformers"
+    return f"../../envs/captioning-{family}.yaml"
+
+
 def evaluated_datasets():
     return sorted({d for d, _ in caption_sets()})
 
