@@ -132,7 +132,7 @@ def test_write_figures(metric_files, tmp_path):
     expected = [
         f"{stem}.{fmt}"
         for stem in ["mr_heatmap_sample", "mr_heatmap_rsitmd", "recall_bars_sample", "recall_bars_rsitmd",
-                     "vs_published"]
+                     "headline"]
         for fmt in ("png", "pdf")
     ]
     _check_figures(paths, expected, out)
@@ -143,7 +143,7 @@ def test_write_figures_single_row(tmp_path):
     ablation = pl.DataFrame([{c: row[c] for c in ABLATION_COLUMNS}])  # no bound columns at all
     out = tmp_path / "one"
     paths = write_figures(ablation, out, formats=("png",))
-    _check_figures(paths, ["mr_heatmap_sample.png", "recall_bars_sample.png", "vs_published.png"], out)
+    _check_figures(paths, ["mr_heatmap_sample.png", "recall_bars_sample.png", "headline.png"], out)
 
 
 def test_load_reference_results():
@@ -172,3 +172,31 @@ def test_figure_options_select_order_and_label_rows():
         FigureOptions.from_config({"select": {"encoder": ["e1"]}})
     with pytest.raises(TrsllavaError, match="keeps no row"):
         FigureOptions.from_config({"select": {"encoders": ["none"]}}).rows(table)
+
+
+def test_headline_shows_best_row_clip_oracle_and_published(tmp_path):
+    from trsllava.reporting.figures import _our_bars, headline
+
+    def row(captioner, prompt, encoder, aggregation, mR, kind):
+        return {"dataset": "sample", "captioner": captioner, "prompt": prompt, "encoder": encoder,
+                "aggregation": aggregation, "mR": mR, "kind": kind}
+
+    ablation = pl.DataFrame([
+        row("cap", "rsrt", "minilm", "max", 50.0, "captions"), row("cap", "rsrt", "minilm", "mean", 55.5, "captions"),
+        row("clip:vit-b32", "image", "clip", "max", 30.25, "baseline"),
+        row("oracle", "references-loo", "minilm", "max", 94.5, "diagnostic"),
+        row("oracle", "references-loo", "minilm", "mean", 90.0, "diagnostic"),
+        row("oracle", "references-loo-distinct", "bm25", "mean", 70.0, "diagnostic"),
+    ])
+    # the best caption-based row (mean beats max), each CLIP row, the best row of each oracle variant
+    assert _our_bars(ablation) == [
+        ("trsllava (best): cap · rsrt · minilm · mean", 55.5, "ours"),
+        ("zero-shot clip:vit-b32", 30.25, "baseline"),
+        ("oracle, diagnostic: references-loo · minilm · max", 94.5, "oracle"),
+        ("oracle, diagnostic: references-loo-distinct · bm25 · mean", 70.0, "oracle"),
+    ]
+    fig = headline(ablation)
+    fig.savefig(tmp_path / "headline.svg", format="svg")
+    svg = (tmp_path / "headline.svg").read_text()
+    for text in ("trsllava (best)", "zero-shot clip:vit-b32", "oracle, diagnostic", "diagnostic upper bound", "Sources:"):
+        assert text in svg, text

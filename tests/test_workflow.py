@@ -96,7 +96,7 @@ def test_figures_target_redraws_without_recomputing(finished_run):
     assert "draw_figures" in plan and "evaluate" not in plan and "embed" not in plan
     snakemake(finished_run, "--cores", "1", "figures")
     names = sorted(p.name for p in (finished_run / "results" / "figures").iterdir())
-    assert names == sorted(f"{n}.{e}" for n in ("mr_heatmap_sample", "recall_bars_sample", "vs_published") for e in ("pdf", "png"))
+    assert names == sorted(f"{n}.{e}" for n in ("mr_heatmap_sample", "recall_bars_sample", "headline") for e in ("pdf", "png"))
 
 
 def test_report_and_lint(finished_run):
@@ -127,9 +127,9 @@ def test_unknown_encoder_alias_fails_with_one_clear_line(tmp_path):
 def test_cli_redraws_figures_from_existing_results(finished_run):
     from trsllava.cli import main
 
-    (finished_run / "results" / "figures" / "vs_published.png").unlink()
+    (finished_run / "results" / "figures" / "headline.png").unlink()
     assert main(["figures", "--results", str(finished_run / "results"), "--config", str(finished_run / "config.yaml")]) == 0
-    assert (finished_run / "results" / "figures" / "vs_published.png").stat().st_size > 0
+    assert (finished_run / "results" / "figures" / "headline.png").stat().st_size > 0
     assert main(["figures", "--results", str(finished_run / "nothing-here")]) == 1
 
 

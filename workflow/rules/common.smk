@@ -76,7 +76,7 @@ def ablation_tables():
 def figure_files():
     datasets = sorted({d for d, _ in caption_sets()})
     names = [f"mr_heatmap_{d}" for d in datasets] + [f"recall_bars_{d}" for d in datasets]
-    names.append("vs_published")
+    names.append("headline")
     return [
         f"{R}/figures/{name}.{fmt}"
         for name in names

@@ -21,7 +21,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from trsllava.atomic import atomic_path  # noqa: E402
 
 from .figure_options import FigureOptions  # noqa: E402
-from .tables import headline_rows, load_reference_results  # noqa: E402
+from .tables import KIND_CAPTIONS, KIND_COLUMN, KIND_DIAGNOSTIC, headline_rows, load_reference_results  # noqa: E402
 
 DPI = 150
 LABEL_SIZE = 8
@@ -34,6 +34,9 @@ DEFAULT_REFERENCE_NAMES = {"sample": "rsicd"}
 OURS_COLOR = "tab:orange"
 PUBLISHED_COLOR = "0.65"
 PAPER_COLOR = "0.35"  # the TRSLLaVA paper's own numbers: a darker grey among the published bars
+BASELINE_COLOR = "tab:blue"
+ORACLE_COLOR = "#b8d8b8"
+ORACLE_HATCH = "////"
 
 
 def wrap(label: str, width: int = WRAP) -> str:
@@ -209,18 +212,42 @@ def recall_bars(ablation: pl.DataFrame, dataset: str, order: str = "mR", max_row
 
 
 # --------------------------------------------------------------------------------------------------
-# our best result beside the published numbers
+# the headline: per dataset, our best row, the baselines, the oracle and the published numbers
 
 
 def _published_rows(reference: pl.DataFrame, name: str) -> pl.DataFrame:
     return reference.filter(pl.col("dataset").str.to_lowercase() == name.lower()).filter(pl.col("mR").is_not_null())
 
 
-def vs_published(
+def _kind(row: dict) -> str:
+    return row.get(KIND_COLUMN) or KIND_CAPTIONS
+
+
+def _our_bars(rows: pl.DataFrame) -> list[tuple[str, float, str]]:
+    """This run's bars for one dataset: the best caption-based row, every baseline row (zero-shot
+    CLIP) and the best row of each oracle variant (diagnostic, drawn apart)."""
+    bars = []
+    frame = rows.with_columns(pl.lit(KIND_CAPTIONS).alias(KIND_COLUMN)) if KIND_COLUMN not in rows.columns else rows
+    frame = frame.sort("mR", descending=True, maintain_order=True)
+    captions = frame.filter(pl.col(KIND_COLUMN).fill_null(KIND_CAPTIONS) == KIND_CAPTIONS)
+    if not captions.is_empty():
+        best = captions.row(0, named=True)
+        bars.append((f"trsllava (best): {_row_label(best)}", float(best["mR"]), "ours"))
+    for row in frame.filter(pl.col(KIND_COLUMN) == "baseline").iter_rows(named=True):
+        bars.append((f"zero-shot {row['captioner']}", float(row["mR"]), "baseline"))
+    diagnostic = frame.filter(pl.col(KIND_COLUMN) == KIND_DIAGNOSTIC)
+    for row in diagnostic.group_by("prompt", maintain_order=True).first().iter_rows(named=True):
+        bars.append((f"oracle, diagnostic: {_row_label(row, ('prompt', 'encoder', 'aggregation'))}", float(row["mR"]), "oracle"))
+    return bars
+
+
+def headline(
     ablation: pl.DataFrame,
     reference: pl.DataFrame | None = None,
     reference_names: dict[str, str] | None = None,
 ) -> Figure:
+    """Per dataset: the best trsllava row, the zero-shot CLIP rows, the human-caption oracle (a
+    diagnostic upper bound, hatched) and the published numbers, with their sources as footnotes."""
     reference = load_reference_results() if reference is None else reference
     reference_names = DEFAULT_REFERENCE_NAMES if reference_names is None else reference_names
     mapping = {k.lower(): v for k, v in reference_names.items()}
@@ -231,7 +258,6 @@ def vs_published(
         ours = ablation.filter((pl.col("dataset") == dataset) & pl.col("mR").is_not_null() & pl.col("mR").is_not_nan())
         if ours.is_empty():
             continue
-        best = ours.sort("mR", descending=True, maintain_order=True).row(0, named=True)
         name = mapping.get(dataset.lower(), dataset)
         published = _published_rows(reference, name)
         bars = []  # (label, value, kind)
@@ -244,7 +270,7 @@ def vs_published(
             note = " †" if r.get("note") and "unverified" in str(r["note"]).lower() else ""
             kind = "paper" if "trsllava" in str(r["method"]).lower() else "published"
             bars.append((f"{r['method']}{setting}{marker}{note}", float(r["mR"]), kind))
-        bars.append((f"trsllava: {_row_label(best)}", float(best["mR"]), "ours"))
+        bars += _our_bars(ours)
         bars.sort(key=lambda bar: bar[1])
         title = f"mR (%) — {dataset}"
         if name.lower() != dataset.lower():
@@ -264,12 +290,14 @@ def vs_published(
         ax.text(0.5, 0.5, "no evaluation with an mR to compare", ha="center", va="center")
         return fig
     axes = fig.subplots(len(panels), 1, gridspec_kw={"height_ratios": heights}, squeeze=False)[:, 0]
-    colors = {"ours": OURS_COLOR, "published": PUBLISHED_COLOR, "paper": PAPER_COLOR}
+    colors = {"ours": OURS_COLOR, "published": PUBLISHED_COLOR, "paper": PAPER_COLOR, "baseline": BASELINE_COLOR,
+              "oracle": ORACLE_COLOR}
     for ax, (title, bars, no_reference) in zip(axes, panels):
         labels = [wrap(label, 56) for label, _, _ in bars]
         values = [value for _, value, _ in bars]
         y = np.arange(len(bars))
-        ax.barh(y, values, color=[colors[kind] for _, _, kind in bars], height=0.7)
+        ax.barh(y, values, color=[colors[kind] for _, _, kind in bars], height=0.7,
+                hatch=[ORACLE_HATCH if kind == "oracle" else "" for _, _, kind in bars], edgecolor="white", linewidth=0)
         for yi, value, (_, _, kind) in zip(y, values, bars):
             ax.text(value + 0.4, yi, f"{value:.2f}", va="center", fontsize=7,
                     fontweight="bold" if kind == "ours" else "normal")
@@ -288,8 +316,10 @@ def vs_published(
         ax.set_title(title, fontsize=10)
     kinds = {kind for _, bars, _ in panels for _, _, kind in bars}
     handles = [
-        Patch(color=colors[kind], label=text)
-        for kind, text in (("ours", "this run (best mR)"), ("paper", "TRSLLaVA paper"), ("published", "published"))
+        Patch(facecolor=colors[kind], edgecolor="white", hatch=ORACLE_HATCH if kind == "oracle" else None, label=text)
+        for kind, text in (("ours", "this run (best mR)"), ("baseline", "this run: zero-shot CLIP"),
+                           ("oracle", "this run: human-caption oracle (diagnostic upper bound)"),
+                           ("paper", "TRSLLaVA paper"), ("published", "published"))
         if kind in kinds
     ]
     fig.legend(handles=handles, fontsize=7, loc="lower right", bbox_to_anchor=(0.99, 0.01), frameon=False)
@@ -309,16 +339,16 @@ def write_figures(
     options: FigureOptions | None = None,
     footer: str | None = None,
 ) -> list[Path]:
-    """Write mr_heatmap_<dataset>, recall_bars_<dataset> and vs_published under ``out_dir``, drawing
+    """Write mr_heatmap_<dataset>, recall_bars_<dataset> and headline under ``out_dir``, drawing
     the rows, order, labels, size and formats of ``options`` (config.yaml's `figures:`; ``formats``
     and ``reference_names`` are used when no options are given); return the written paths."""
     options = options or FigureOptions(formats=tuple(formats), reference_names=dict(reference_names or {}))
     names = options.reference_names or reference_names
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ablation = headline_rows(ablation)  # diagnostic rows (the oracle) stay in the tables only
     every_dataset = _datasets(ablation)  # one file per dataset even when the selection leaves it empty
-    ablation = options.rows(ablation)
+    everything = options.rows(ablation)
+    ablation = headline_rows(everything)  # the oracle (diagnostic) appears in the headline figure only
     save = {"formats": options.formats, "dpi": options.dpi, "width": options.width, "footer": footer}
     written: list[Path] = []
     for dataset in every_dataset:
@@ -326,5 +356,5 @@ def write_figures(
         written += _save(mr_heatmap(ablation, dataset, options.order), out_dir, f"mr_heatmap_{stem}", **save)
         written += _save(recall_bars(ablation, dataset, options.order, options.max_bar_rows), out_dir,
                          f"recall_bars_{stem}", **save)
-    written += _save(vs_published(ablation, reference, names), out_dir, "vs_published", **save)
+    written += _save(headline(everything, reference, names), out_dir, "headline", **save)
     return written
