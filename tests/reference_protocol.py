@@ -88,17 +88,20 @@ def naive_i2t_scores(S, image, gen_images, how, rrf_k=60):
 
 
 def naive_fusion_evaluate(S_list, weights, k, ref_images, gen_images, gen_slots, image_ids, how="max",
-                          tol=1e-6, fused_tol=1e-12, ks=(1, 5, 10)):
+                          tol=1e-6, fused_tol=1e-12, ks=(1, 5, 10), S_i2t_list=None):
     """Reciprocal-rank fusion of several encoders, one query at a time: each encoder's aggregated
     scores are ranked (competition rank with tolerance ``tol``), fused = sum w / (k + rank), and the
-    fused scores evaluated with ties at ``fused_tol``. S_list: one instance-level matrix per encoder."""
+    fused scores evaluated with ties at ``fused_tol``. S_list: one instance-level matrix per encoder,
+    S[r][g] = score of reference row r (query) against generated row g; S_i2t_list the same indexing
+    with the generated text as the query, for asymmetric encoders such as BM25 (default: S_list)."""
+    S_i2t_list = S_list if S_i2t_list is None else S_i2t_list
     def fuse(per_encoder):
         ranks = [naive_rank(scores, tol) for scores in per_encoder]
         return [sum(w / (k + r[i]) for w, r in zip(weights, ranks)) for i in range(len(ranks[0]))]
 
     t2i = [fuse([naive_t2i_scores(S, q, gen_images, gen_slots, image_ids, how) for S in S_list])
            for q in range(len(ref_images))]
-    i2t = [fuse([naive_i2t_scores(S, image, gen_images, how) for S in S_list]) for image in image_ids]
+    i2t = [fuse([naive_i2t_scores(S, image, gen_images, how) for S in S_i2t_list]) for image in image_ids]
     out = {}
     for k_ in ks:
         out[f"t2i_r{k_}"] = 100 * float(np.mean([

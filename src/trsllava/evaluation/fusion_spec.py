@@ -30,7 +30,7 @@ def fusion_spec(config: dict, name: str) -> FusionSpec:
     known = list(config.get("encoders") or {})
     unknown = [e for e in encoders if e not in known]
     if unknown:
-        raise TrsllavaError(f"{where}.encoders names unknown encoder(s) {unknown}; known (under encoders): {known}")
+        raise TrsllavaError(f"{where}.encoders names unknown encoder(s) {unknown}; known (under encoders): {known}. Define them under encoders, or drop the fusion")
     if len(encoders) < 2 or len(set(encoders)) != len(encoders):
         raise TrsllavaError(f"{where}.encoders needs at least two distinct encoders, got {encoders}")
     if name in known:
