@@ -19,6 +19,7 @@ def captioned_run(tmp_path_factory):
                      "shards": 3, "max_tokens": 8, "temperature": 0.7, "batch_size": 4},
         },
         encoders={"minilm": {"type": "sentence-transformers", "model": "minilm"}},
+        fusions={},  # the default minilm+bm25 fusion needs bm25
         aggregations=["max"],
     )
     snakemake(workdir, "--cores", "2")

@@ -252,7 +252,7 @@ def test_search_a_generic_image_folder(tmp_path, capsys):
     workdir = write_config(tmp_path / "run", datasets={"mine": {"format": "generic", "annotations": str(tmp_path / "refs.csv"),
                                                                 "images": str(folder)}},
                            captioners={"mine-caps": {"backend": "import", "files": {"mine": str(tmp_path / "caps.jsonl")}}},
-                           encoders={"bm25": {"type": "bm25"}}, aggregations=["max"])
+                           encoders={"bm25": {"type": "bm25"}}, fusions={}, aggregations=["max"])
     snakemake(workdir, "--cores", "2", str(workdir / "results" / "mine" / "index" / "bm25" / "mine-caps"))
     page = tmp_path / "mine.html"
     code, out, _ = run_cli(capsys, workdir, "airplanes at the terminal", "-k", "2", "--json", "--html", str(page))

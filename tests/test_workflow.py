@@ -27,6 +27,9 @@ def write_config(workdir: Path, **changes) -> Path:
     config = yaml.safe_load((ROOT / "config.offline.yaml").read_text())
     config["results"] = str(workdir / "results")
     config["baselines"] = {"clip": {"models": {}}, "oracle": False}  # no CLIP download; tests opt in
+    if "encoders" in changes and "fusions" not in changes:
+        # the default fusions name the default encoders; a test choosing its own encoders opts in to fusions
+        config["fusions"] = {}
     config.update(changes)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
@@ -43,7 +46,8 @@ def finished_run(tmp_path_factory):
 def test_ablation_has_exactly_the_expected_rows(finished_run):
     ablation = pl.read_csv(finished_run / "results" / "ablation.csv")
     prompts = ["fused", "rsicd_style", "rsrt", "rsrt/caption", "rsrt/feature", "rsrt/one_sentence"]
-    expected = sorted(("sample", "claude-sample", p, e, a) for p in prompts for e in ("bm25", "minilm") for a in ("max", "mean", "rrf"))
+    encoders = ("bm25", "minilm", "minilm+bm25")  # minilm+bm25: the default fusion (evaluate_fusion)
+    expected = sorted(("sample", "claude-sample", p, e, a) for p in prompts for e in encoders for a in ("max", "mean", "rrf"))
     assert sorted(ablation.select("dataset", "captioner", "prompt", "encoder", "aggregation").rows()) == expected
     assert ablation.columns[:14] == ["dataset", "captioner", "prompt", "encoder", "aggregation", "i2t_r1", "i2t_r5", "i2t_r10",
                                      "t2i_r1", "t2i_r5", "t2i_r10", "mR", "mR_optimistic", "mR_pessimistic"]
@@ -116,7 +120,7 @@ def test_invalid_config_value_is_named(tmp_path):
 
 
 def test_unknown_encoder_alias_fails_with_one_clear_line(tmp_path):
-    workdir = write_config(tmp_path, encoders={"typo": {"type": "sentence-transformers", "model": "minilmx"}})
+    workdir = write_config(tmp_path, encoders={"typo": {"type": "sentence-transformers", "model": "minilmx"}}, fusions={})
     result = snakemake(workdir, "--cores", "1", "--keep-going", check=False)
     assert result.returncode != 0
     assert "unknown encoder alias 'minilmx'" in result.stdout + result.stderr

@@ -194,6 +194,29 @@ def evaluate_caption_set(config: dict, dataset: str, captioner: str, encoder_nam
     )
 
 
+def evaluate_fusion(config: dict, dataset: str, captioner: str, fusion: str, inputs: dict, metrics_out: Path, ranks_out: Path) -> None:
+    """Reciprocal-rank fusion of several encoders from their cached representations (no re-encoding)."""
+    from .evaluation.evaluate import evaluate_fusion as run_fusion
+    from .evaluation.fusion import fusion_spec
+
+    spec = fusion_spec(config, fusion)
+    run_fusion(
+        dataset=dataset,
+        split=dataset_spec(config, dataset).split,
+        captioner=captioner,
+        spec=spec,
+        encoder_entries={name: config["encoders"][name] for name in spec.encoders},
+        images_path=Path(inputs["images"]),
+        references_path=Path(inputs["references"]),
+        captions_path=Path(inputs["captions"]),
+        reference_rep_dirs=[Path(p) for p in inputs["references_reps"]],
+        generated_rep_dirs=[Path(p) for p in inputs["captions_reps"]],
+        settings=evaluation_settings(config),
+        metrics_out=Path(metrics_out),
+        ranks_out=Path(ranks_out),
+    )
+
+
 def ablation_tables(config: dict, metric_files: list[Path], out_dir: Path) -> None:
     from .reporting.tables import gather_ablation, write_ablation
 

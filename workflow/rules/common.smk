@@ -5,6 +5,23 @@ from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml")
 
+
+def _check_fusions():
+    """Fusions name encoders of `encoders:`; a bad one stops the run at start with its key named."""
+    import sys
+
+    sys.path.insert(0, f"{workflow.basedir}/src")
+    from trsllava.errors import TrsllavaError
+    from trsllava.evaluation.fusion_spec import check_fusions
+
+    try:
+        check_fusions(config)
+    except TrsllavaError as error:
+        raise WorkflowError(f"trsllava: {error}") from None
+
+
+_check_fusions()
+
 R = config["results"]
 NAME = "[A-Za-z0-9][A-Za-z0-9_.-]*"
 
@@ -63,7 +80,15 @@ def all_indexes():
 
 
 def all_metrics():
-    return [f"{R}/{d}/eval/{e}/{c}.metrics.parquet" for d, c, e in grid()]
+    return [f"{R}/{d}/eval/{e}/{c}.metrics.parquet" for d, c, e in grid()] + fusion_metrics()
+
+
+FUSIONS = list(config.get("fusions") or {})
+
+
+def fusion_metrics():
+    """Every (dataset, captioner, fusion) evaluation: rows of the ablation with encoder = the fusion."""
+    return [f"{R}/{d}/eval/{f}/{c}.metrics.parquet" for d, c in caption_sets() for f in FUSIONS]
 
 
 ABLATION_FORMATS = ["csv", "parquet", "md", "tex"]

@@ -10,6 +10,7 @@ import polars as pl
 from ..atomic import write_parquet
 from ..encoders import load_representation
 from .caption_sets import caption_set_views
+from .fusion import FusedProtocol, FusionSpec
 from .metrics import recalls, with_ranks
 from .protocol import Protocol, Settings
 
@@ -51,6 +52,12 @@ def evaluate(
         dataset, captioner, encoder_name, len(views), len(protocol.t2i_queries), len(protocol.query_images), protocol.n_images,
     )
     stats = pl.concat([protocol.text_to_image(views), protocol.image_to_text(views)])
+    return _write(stats, dataset, captioner, encoder_name, protocol.n_images, metrics_out, ranks_out)
+
+
+def _write(stats: pl.DataFrame, dataset: str, captioner: str, encoder_name: str, n_images: int,
+           metrics_out: Path, ranks_out: Path) -> pl.DataFrame:
+    """Per-query ranks and one metrics row per (caption set, aggregation), written atomically."""
     stats = with_ranks(stats).with_columns(
         pl.lit(dataset).alias("dataset"), pl.lit(captioner).alias("captioner"), pl.lit(encoder_name).alias("encoder")
     )
@@ -66,10 +73,53 @@ def evaluate(
                 **recalls(part),
                 "n_t2i_queries": part.filter(pl.col("direction") == "t2i").height,
                 "n_i2t_queries": part.filter(pl.col("direction") == "i2t").height,
-                "n_gallery_images": protocol.n_images,
+                "n_gallery_images": n_images,
             }
         )
     metrics = pl.DataFrame(rows)
     write_parquet(stats, ranks_out)
     write_parquet(metrics, metrics_out)
     return metrics
+
+
+def evaluate_fusion(
+    *,
+    dataset: str,
+    split: str,
+    captioner: str,
+    spec: FusionSpec,
+    encoder_entries: dict,
+    images_path: Path,
+    references_path: Path,
+    captions_path: Path,
+    reference_rep_dirs: list[Path],
+    generated_rep_dirs: list[Path],
+    settings: Settings,
+    metrics_out: Path,
+    ranks_out: Path,
+) -> pl.DataFrame:
+    """Reciprocal-rank fusion of ``spec.encoders`` (their cached representations, in that order),
+    every caption set and aggregation, both directions; rows carry the fusion's name as encoder."""
+    images = pl.read_parquet(images_path)
+    references = pl.read_parquet(references_path)
+    captions = pl.read_parquet(captions_path)
+    protocols = [
+        Protocol(
+            images,
+            references,
+            split,
+            load_representation(name, encoder_entries[name], reference_dir),
+            load_representation(name, encoder_entries[name], generated_dir),
+            settings,
+        )
+        for name, reference_dir, generated_dir in zip(spec.encoders, reference_rep_dirs, generated_rep_dirs, strict=True)
+    ]
+    sets = caption_set_views(captions)
+    views = [[protocol.view(label, rows) for label, rows in sets] for protocol in protocols]
+    fused = FusedProtocol(protocols, spec)
+    log.info(
+        "%s / %s / fusion %s (%s of %s, k=%g, weights %s): %d caption set(s)",
+        dataset, captioner, spec.name, spec.method, "+".join(spec.encoders), spec.k, list(spec.weights), len(sets),
+    )
+    stats = pl.concat([fused.text_to_image(views), fused.image_to_text(views)])
+    return _write(stats, dataset, captioner, spec.name, protocols[0].n_images, metrics_out, ranks_out)

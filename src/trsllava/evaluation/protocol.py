@@ -20,6 +20,7 @@ blocks of queries sized to ``memory_mb``: no queries x captions matrix is ever h
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,30 +114,41 @@ class Protocol:
 
     # -- text to image --------------------------------------------------------------------------
     def text_to_image(self, views: list[View]) -> pl.DataFrame:
-        settings = self.settings
+        pieces = []
+        for queries in self.t2i_blocks(views):
+            relevant = self.t2i_relevant(queries)
+            ids = self.ref_caption_id[queries].astype(str)
+            for view, aggregation, scores in self.t2i_scores(queries, views):
+                counts = tie_counts(scores, relevant, self.settings.tie_tolerance)
+                pieces.append(_frame("t2i", view.label, aggregation, ids, counts))
+        return pl.concat(pieces)
+
+    def t2i_blocks(self, views: list[View], share: int = 1) -> Iterator[np.ndarray]:
+        """Blocks of text-to-image queries (rows of the reference table) within the memory budget,
+        ``share`` evaluations holding their blocks at once; equal texts fall in the same block."""
         query_texts = np.unique(self.ref_text[self.t2i_queries])
         width = len(self.generated_rep) + sum(len(v.gen_idx) for v in views) + 3 * self.n_images
-        step = self._block_rows(width)
-        pieces = []
-        bar = tqdm(total=len(query_texts), desc="text-to-image", unit="query", disable=not settings.progress)
+        step = self._block_rows(width * share)
+        bar = tqdm(total=len(query_texts), desc="text-to-image", unit="query", disable=not self.settings.progress)
         for start in range(0, len(query_texts), step):
             texts = query_texts[start : start + step]
-            sims = self.reference_rep.scores_against(self.generated_rep, texts)
-            local = {int(t): i for i, t in enumerate(texts)}
-            queries = self.t2i_queries[np.isin(self.ref_text[self.t2i_queries], texts)]
-            query_rows = np.array([local[int(t)] for t in self.ref_text[queries]], dtype=np.int64)
-            for view in views:
-                for aggregation in settings.aggregations:
-                    scores = self._aggregate_images(sims, view, aggregation)[query_rows]
-                    relevant = np.zeros_like(scores, dtype=bool)
-                    relevant[np.arange(len(queries)), self.ref_image[queries]] = True
-                    counts = tie_counts(scores, relevant, settings.tie_tolerance)
-                    pieces.append(
-                        _frame("t2i", view.label, aggregation, self.ref_caption_id[queries].astype(str), counts)
-                    )
+            yield self.t2i_queries[np.isin(self.ref_text[self.t2i_queries], texts)]
             bar.update(len(texts))
         bar.close()
-        return pl.concat(pieces)
+
+    def t2i_relevant(self, queries: np.ndarray) -> np.ndarray:
+        relevant = np.zeros((len(queries), self.n_images), dtype=bool)
+        relevant[np.arange(len(queries)), self.ref_image[queries]] = True
+        return relevant
+
+    def t2i_scores(self, queries: np.ndarray, views: list[View]) -> Iterator[tuple[View, str, np.ndarray]]:
+        """(view, aggregation, queries x gallery images scores) of the text-to-image ``queries``,
+        one view and aggregation at a time; each distinct query text is scored once."""
+        texts, query_rows = np.unique(self.ref_text[queries], return_inverse=True)
+        sims = self.reference_rep.scores_against(self.generated_rep, texts)
+        for view in views:
+            for aggregation in self.settings.aggregations:
+                yield view, aggregation, self._aggregate_images(sims, view, aggregation)[query_rows]
 
     def _aggregate_images(self, sims: np.ndarray, view: View, aggregation: str) -> np.ndarray:
         """(queries x images) scores from (queries x unique texts) similarities."""
@@ -159,37 +171,52 @@ class Protocol:
 
     # -- image to text --------------------------------------------------------------------------
     def image_to_text(self, views: list[View]) -> pl.DataFrame:
-        settings = self.settings
+        pieces = []
+        for images in self.i2t_blocks(views):
+            relevant = self.i2t_relevant(images)
+            ids = np.array([self.image_ids[i] for i in images], dtype=object).astype(str)
+            for view, aggregation, scores in self.i2t_scores(images, views):
+                counts = tie_counts(scores, relevant, self.settings.tie_tolerance)
+                pieces.append(_frame("i2t", view.label, aggregation, ids, counts))
+        return pl.concat(pieces)
+
+    def i2t_blocks(self, views: list[View], share: int = 1) -> Iterator[np.ndarray]:
+        """Blocks of image-to-text query images within the memory budget (``share`` as in t2i_blocks)."""
         n_refs = len(self.ref_text)
         rows_per_image = max(1, max((len(v.gen_idx) for v in views), default=1) / max(self.n_images, 1))
-        step = self._block_rows(int((len(views) * rows_per_image + 2) * n_refs + len(self.reference_rep)))
-        pieces = []
-        bar = tqdm(total=len(self.query_images), desc="image-to-text", unit="image", disable=not settings.progress)
+        step = self._block_rows(int((len(views) * rows_per_image + 2) * n_refs + len(self.reference_rep)) * share)
+        bar = tqdm(total=len(self.query_images), desc="image-to-text", unit="image", disable=not self.settings.progress)
         for start in range(0, len(self.query_images), step):
             images = self.query_images[start : start + step]
-            relevant = self.ref_image[None, :] == images[:, None]
-            for view in views:
-                members = np.flatnonzero(np.isin(view.row_image, images))
-                texts, inverse = np.unique(view.gen_idx[members], return_inverse=True)
-                sims = self.generated_rep.scores_against(self.reference_rep, texts) if len(texts) else None
-                for aggregation in settings.aggregations:
-                    scores = np.full((len(images), n_refs), -np.inf, dtype=np.float64)
-                    if sims is not None:
-                        starts, owners = _group_starts(view.row_image[members])
-                        position = {int(image): i for i, image in enumerate(images)}
-                        if aggregation == "rrf":  # ranks need every reference caption, duplicates included
-                            per_row = sims[inverse][:, self.ref_text]
-                            per_row = 1.0 / (settings.rrf_k + rankdata(-per_row, method="min", axis=1))
-                            per_image = _reduce(per_row, starts, "sum", axis=0)
-                        else:  # max/mean commute with picking columns: reduce on distinct texts first
-                            per_image = _reduce(sims[inverse], starts, aggregation, axis=0)[:, self.ref_text]
-                        scores[[position[int(o)] for o in owners]] = per_image
-                    counts = tie_counts(scores, relevant, settings.tie_tolerance)
-                    ids = np.array([self.image_ids[i] for i in images], dtype=object).astype(str)
-                    pieces.append(_frame("i2t", view.label, aggregation, ids, counts))
+            yield images
             bar.update(len(images))
         bar.close()
-        return pl.concat(pieces)
+
+    def i2t_relevant(self, images: np.ndarray) -> np.ndarray:
+        return self.ref_image[None, :] == images[:, None]
+
+    def i2t_scores(self, images: np.ndarray, views: list[View]) -> Iterator[tuple[View, str, np.ndarray]]:
+        """(view, aggregation, images x reference captions scores) of the image-to-text query
+        ``images``, one view and aggregation at a time."""
+        settings = self.settings
+        n_refs = len(self.ref_text)
+        for view in views:
+            members = np.flatnonzero(np.isin(view.row_image, images))
+            texts, inverse = np.unique(view.gen_idx[members], return_inverse=True)
+            sims = self.generated_rep.scores_against(self.reference_rep, texts) if len(texts) else None
+            for aggregation in settings.aggregations:
+                scores = np.full((len(images), n_refs), -np.inf, dtype=np.float64)
+                if sims is not None:
+                    starts, owners = _group_starts(view.row_image[members])
+                    position = {int(image): i for i, image in enumerate(images)}
+                    if aggregation == "rrf":  # ranks need every reference caption, duplicates included
+                        per_row = sims[inverse][:, self.ref_text]
+                        per_row = 1.0 / (settings.rrf_k + rankdata(-per_row, method="min", axis=1))
+                        per_image = _reduce(per_row, starts, "sum", axis=0)
+                    else:  # max/mean commute with picking columns: reduce on distinct texts first
+                        per_image = _reduce(sims[inverse], starts, aggregation, axis=0)[:, self.ref_text]
+                    scores[[position[int(o)] for o in owners]] = per_image
+                yield view, aggregation, scores
 
 
 def tie_counts(scores: np.ndarray, relevant: np.ndarray, tolerance: float) -> tuple[np.ndarray, ...]:
