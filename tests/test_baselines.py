@@ -197,7 +197,8 @@ def test_ablation_has_the_clip_and_oracle_rows(baseline_run):
     assert set(oracle_rows["n_t2i_queries"]) == {300} and set(oracle_rows["n_i2t_queries"]) == {60}
     assert ((oracle_rows["mR"] > 0) & (oracle_rows["mR"] <= 100)).all()
     captions = ablation.filter(pl.col("captioner") == "claude-sample")
-    assert captions.height == 6 * 2 * 3 and set(captions["kind"]) == {"captions"}
+    # 6 caption sets x (minilm, bm25, their minilm+bm25 fusion) x 3 aggregations
+    assert captions.height == 6 * 3 * 3 and set(captions["kind"]) == {"captions"}
     # diagnostics never enter the figures or the best-row picks
     assert "oracle" not in headline_rows(ablation)["captioner"].to_list()
     bold = [line for line in (baseline_run / "results" / "ablation.tex").read_text().splitlines() if r"\textbf" in line]

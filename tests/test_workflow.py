@@ -106,7 +106,8 @@ def test_figures_target_redraws_without_recomputing(finished_run):
 def test_report_and_lint(finished_run):
     snakemake(finished_run, "--report", str(finished_run / "report.html"))
     html = (finished_run / "report.html").read_text(errors="replace")
-    assert "mr_heatmap_sample.png" in html and "ablation.csv" in html
+    for figure in ("mr_heatmap_sample.png", "recall_bars_sample.png", "headline.png", "ablation.csv"):
+        assert figure in html, figure
     assert "manifest.json" in html and "claude-sample.coverage.json" in html
     lint = snakemake(finished_run, "--lint")
     assert "Congratulations" in lint.stdout + lint.stderr and "Lints for" not in lint.stdout + lint.stderr

@@ -25,6 +25,12 @@ rule import_captions:
         "../scripts/import_captions.py"
 
 
+# Runs where Snakemake runs, not as a cluster job: login nodes usually reach the hub, compute nodes
+# often do not; the shard jobs then load the fetched folder from the shared cache.
+localrules:
+    fetch_captioner_model,
+
+
 rule fetch_captioner_model:
     """Find the captioner's model (a local folder, the cache, or a download from the hub) once, before
     its shard jobs, and record its folder and commit; offline without a cached copy it fails in one line."""

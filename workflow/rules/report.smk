@@ -59,6 +59,11 @@ rule figures:
         f"{R}/manifest.json",
 
 
+# A few file reads and a git call: not worth a cluster job; it also sees the checkout's git state.
+localrules:
+    manifest,
+
+
 rule manifest:
     """results/manifest.json: config hash, git commit, package versions, captioning models and
     commits, encoders, dataset checksums and hardware; the figures carry its one-line summary."""
