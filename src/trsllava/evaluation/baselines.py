@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from ..atomic import write_parquet
 from ..encoders import Representation
 from ..encoders.dense import DenseRepresentation
-from .metrics import recalls, with_ranks
+from .evaluate import summarize
 from .protocol import Protocol, Settings, _frame, tie_counts
 
 log = logging.getLogger(__name__)
@@ -58,31 +58,6 @@ ORACLE_PROMPTS = {"caption": ORACLE_PROMPT, "text": "references-loo-distinct"}  
 ORACLE_AGGREGATIONS = ("max", "mean")  # rrf: see the module docstring
 KIND_BASELINE = "baseline"
 KIND_DIAGNOSTIC = "diagnostic"
-
-
-def summarize(stats: pl.DataFrame, *, dataset: str, captioner: str, encoder: str, n_images: int, kind: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Per-query stats with ranks, and one metrics row per (caption set, aggregation), in the
-    columns of ``evaluate`` plus ``kind``."""
-    stats = with_ranks(stats).with_columns(
-        pl.lit(dataset).alias("dataset"), pl.lit(captioner).alias("captioner"), pl.lit(encoder).alias("encoder")
-    )
-    rows = []
-    for (label, aggregation), part in stats.group_by(["caption_set", "aggregation"], maintain_order=True):
-        rows.append(
-            {
-                "dataset": dataset,
-                "captioner": captioner,
-                "prompt": label,
-                "encoder": encoder,
-                "aggregation": aggregation,
-                **recalls(part),
-                "n_t2i_queries": part.filter(pl.col("direction") == "t2i").height,
-                "n_i2t_queries": part.filter(pl.col("direction") == "i2t").height,
-                "n_gallery_images": n_images,
-                "kind": kind,
-            }
-        )
-    return stats, pl.DataFrame(rows)
 
 
 # -- CLIP ---------------------------------------------------------------------------------------

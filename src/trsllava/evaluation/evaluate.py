@@ -55,11 +55,12 @@ def evaluate(
     return _write(stats, dataset, captioner, encoder_name, protocol.n_images, metrics_out, ranks_out)
 
 
-def _write(stats: pl.DataFrame, dataset: str, captioner: str, encoder_name: str, n_images: int,
-           metrics_out: Path, ranks_out: Path) -> pl.DataFrame:
-    """Per-query ranks and one metrics row per (caption set, aggregation), written atomically."""
+def summarize(stats: pl.DataFrame, *, dataset: str, captioner: str, encoder: str, n_images: int,
+              kind: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Per-query stats with ranks, and one metrics row per (caption set, aggregation); ``kind``
+    (baseline, diagnostic) marks rows that are not caption-set results."""
     stats = with_ranks(stats).with_columns(
-        pl.lit(dataset).alias("dataset"), pl.lit(captioner).alias("captioner"), pl.lit(encoder_name).alias("encoder")
+        pl.lit(dataset).alias("dataset"), pl.lit(captioner).alias("captioner"), pl.lit(encoder).alias("encoder")
     )
     rows = []
     for (label, aggregation), part in stats.group_by(["caption_set", "aggregation"], maintain_order=True):
@@ -68,15 +69,22 @@ def _write(stats: pl.DataFrame, dataset: str, captioner: str, encoder_name: str,
                 "dataset": dataset,
                 "captioner": captioner,
                 "prompt": label,
-                "encoder": encoder_name,
+                "encoder": encoder,
                 "aggregation": aggregation,
                 **recalls(part),
                 "n_t2i_queries": part.filter(pl.col("direction") == "t2i").height,
                 "n_i2t_queries": part.filter(pl.col("direction") == "i2t").height,
                 "n_gallery_images": n_images,
+                **({"kind": kind} if kind else {}),
             }
         )
-    metrics = pl.DataFrame(rows)
+    return stats, pl.DataFrame(rows)
+
+
+def _write(stats: pl.DataFrame, dataset: str, captioner: str, encoder_name: str, n_images: int,
+           metrics_out: Path, ranks_out: Path) -> pl.DataFrame:
+    """Per-query ranks and one metrics row per (caption set, aggregation), written atomically."""
+    stats, metrics = summarize(stats, dataset=dataset, captioner=captioner, encoder=encoder_name, n_images=n_images)
     write_parquet(stats, ranks_out)
     write_parquet(metrics, metrics_out)
     return metrics
