@@ -95,3 +95,38 @@ def test_hub_model_found_in_the_cache_is_recorded_and_stamped_on_every_caption(t
     assert set(table["model_revision"]) == {FAKE_COMMIT} and set(table["backend"]) == {"transformers"}
     log = (workdir / "results" / "logs" / "caption_shard" / "sample" / "tiny" / "shard-0-of-2.log").read_text()
     assert "captioning backend auto -> transformers" in log
+
+
+def test_default_config_runs_end_to_end_with_tiny_models_under_the_default_ids(tmp_path):
+    """config.yaml exactly as shipped (only `results` moved), offline, with a tiny random SmolVLM
+    (Idefics3, the default captioner's architecture) and a tiny random CLIP placed in the Hugging
+    Face cache under the default hub ids: every default job runs, and the ablation table has the
+    SmolVLM, imported, fusion, CLIP and oracle rows."""
+    from trsllava.baselines.tiny_clip import build_tiny_clip
+    from trsllava.captioning.tiny_smolvlm import build_tiny_smolvlm
+
+    default = yaml.safe_load((ROOT / "config.yaml").read_text())
+    smolvlm_id = default["captioners"]["smolvlm"]["model"]
+    clip_id = default["baselines"]["clip"]["models"]["vit-b32"]["model"]
+    fake_hub_cache(tmp_path / "hf-home", smolvlm_id, build_tiny_smolvlm(tmp_path / "tiny-smolvlm"))
+    fake_hub_cache(tmp_path / "hf-home", clip_id, build_tiny_clip(tmp_path / "tiny-clip"))
+    workdir = default_workdir(tmp_path)
+    result = run_with_env(workdir, {"HF_HUB_OFFLINE": "1"}, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    ablation = pl.read_csv(workdir / "results" / "ablation.csv")
+    captioners = set(ablation["captioner"])
+    assert captioners == {"smolvlm", "claude-sample", "clip:vit-b32", "oracle"}
+    assert set(ablation["encoder"]) == {"minilm", "bm25", "minilm+bm25", "clip"}
+    smolvlm = pl.read_parquet(workdir / "results" / "sample" / "captions" / "smolvlm.parquet")
+    assert set(smolvlm["model_id"]) == {smolvlm_id} and set(smolvlm["model_revision"]) == {FAKE_COMMIT}
+    assert set(smolvlm["prompt"]) <= {"rsicd_style", "one_sentence"}
+    quality = json.loads((workdir / "results" / "sample" / "captions" / "smolvlm.quality.json").read_text())
+    assert set(quality) == {"rsicd_style", "one_sentence"}
+    # the default's processor option reached the backend (and so the cache key of every caption)
+    shard = json.loads((workdir / "results" / "sample" / "captions" / "smolvlm" / "shard-0-of-2.json").read_text())
+    assert shard["backend"]["processor_options"] == {"do_image_splitting": False}
+    assert shard["backend"]["model_id"] == smolvlm_id and shard["backend"]["backend"] == "transformers"
+    manifest = json.loads((workdir / "results" / "manifest.json").read_text())
+    assert {"captioner": "smolvlm", "model": smolvlm_id, "revision": FAKE_COMMIT} in [
+        {k: m[k] for k in ("captioner", "model", "revision")} for m in manifest["captioners"]]

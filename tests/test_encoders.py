@@ -55,3 +55,17 @@ def test_bm25_scores_are_lexical_and_directional(tmp_path):
     assert block[1, 0] == 0 and block[1, 2] > block[1, 1] > 0  # term frequency saturates but still ranks
     reverse = d.scores_against(q, np.array([0, 1, 2]))
     assert reverse.shape == (3, 2)
+
+
+def test_bm25_text_without_any_token_scores_zero_in_both_directions(tmp_path):
+    """A generated caption of stopwords or punctuation only ("the", ".") has no BM25 token: as a
+    query it matches nothing, as a document it is never matched (a real small VLM wrote such texts)."""
+    entry = {"type": "bm25"}
+    docs, queries = tmp_path / "docs", tmp_path / "queries"
+    build_encoder("bm25", entry).represent(["planes near the runway", "the", "."], docs)
+    build_encoder("bm25", entry).represent(["planes", "the"], queries)
+    d, q = load_representation("bm25", entry, docs), load_representation("bm25", entry, queries)
+    block = q.scores_against(d, np.array([0, 1]))
+    assert block[0, 0] > 0 and block[0, 1:].tolist() == [0.0, 0.0]
+    assert block[1].tolist() == [0.0, 0.0, 0.0]
+    assert d.scores_against(q, np.array([0, 1, 2]))[1:].tolist() == [[0.0, 0.0], [0.0, 0.0]]

@@ -33,6 +33,9 @@ class BM25Representation(Representation):
         tokens = self.query_tokens()
         block = np.empty((len(rows), len(documents)), dtype=np.float32)
         for out, row in enumerate(rows):
+            if not tokens[row]:  # a text of stopwords or punctuation only ("the", "."): it matches nothing
+                block[out] = 0.0
+                continue
             block[out] = documents.retriever.get_scores(tokens[row])  # unknown tokens score nothing
         return block
 
