@@ -3,6 +3,7 @@
     trsllava figures [--results results] [--config config.yaml]   redraw tables and figures from existing evaluations
     trsllava search "QUERY" [-k 10] [--json] [--html page.html]      rank a built archive's images by a text query
     trsllava search --image ID_OR_FILE [--captions human|generated]  closest captions to one gallery image
+    trsllava convert-clip CHECKPOINT.pt --out FOLDER [--tokenizer SRC]  an open_clip ViT checkpoint as a HF CLIP folder
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from .baselines.open_clip_convert import DEFAULT_TOKENIZER  # a light import: torch loads only when converting
 from .errors import TrsllavaError
 
 
@@ -58,6 +60,13 @@ def _search(args) -> None:
     print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) if args.json else format_table(result))
 
 
+def _convert_clip(args) -> None:
+    from .baselines.open_clip_convert import convert_to_folder
+
+    out = convert_to_folder(args.checkpoint, args.tokenizer, args.out, args.activation)
+    print(f"wrote {out}: use it as baselines.clip.models.<name>.model")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trsllava", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +98,21 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     search.add_argument("--html", help="also write a self-contained HTML gallery of the results to this path")
     search.set_defaults(handler=_search)
+    convert = commands.add_parser(
+        "convert-clip", help="convert an open_clip ViT checkpoint (RemoteCLIP, GeoRSCLIP .pt) into a Hugging Face CLIP folder",
+        description="Rename the weights of an open_clip ViT CLIP state dict into transformers' CLIPModel layout (pure torch, "
+                    "no open_clip needed) and write it with the CLIP tokenizer and open_clip's preprocessing as a Hugging "
+                    "Face folder, which baselines.clip.models.<name>.model then loads like any HF checkpoint.",
+    )
+    convert.add_argument("checkpoint", help="the open_clip checkpoint file, e.g. RemoteCLIP-ViT-B-32.pt or RS5M_ViT-B-32.pt")
+    convert.add_argument("--out", required=True, help="folder to write (config.json, model.safetensors, tokenizer, processor)")
+    convert.add_argument("--tokenizer", default=DEFAULT_TOKENIZER,
+                         help=f"CLIP tokenizer: hub id or local folder (default {DEFAULT_TOKENIZER}, which RemoteCLIP and "
+                              "GeoRSCLIP ViT-B-32 share)")
+    convert.add_argument("--activation", choices=["gelu", "quick_gelu"], default="gelu",
+                         help="MLP activation of the checkpoint's open_clip config: gelu (ViT-B-32, RemoteCLIP, GeoRSCLIP; "
+                              "default) or quick_gelu (-quickgelu configs, OpenAI's own weights)")
+    convert.set_defaults(handler=_convert_clip)
     args = parser.parse_args(argv)
     # search prints results: keep library chatter (model and FAISS loading) to warnings
     logging.basicConfig(level=logging.WARNING if args.command == "search" else logging.INFO, format="%(levelname)s %(message)s")

@@ -7,8 +7,10 @@ image side is a "caption set" with exactly one database item per image, keyed ``
 
 Models are Hugging Face CLIP checkpoints (``CLIPModel`` + ``AutoProcessor``): a hub id such as
 ``openai/clip-vit-base-patch32`` (downloaded once, like the VLM captioners) or a local folder in HF
-format (``config.json``, weights, tokenizer and preprocessor files), which is how RemoteCLIP and
-GeoRSCLIP checkpoints are used once converted to that layout. open_clip ``.pt`` files are not read.
+format (``config.json``, weights, tokenizer and preprocessor files), or an open_clip ViT checkpoint
+file (``.pt`` / ``.pth`` / ``.bin``: RemoteCLIP, GeoRSCLIP), converted on load by
+``open_clip_convert`` with the CLIP tokenizer of the entry's ``tokenizer`` (default
+``openai/clip-vit-base-patch32``, or a local folder).
 """
 
 from __future__ import annotations
@@ -45,16 +47,25 @@ def _is_hub_id(source: str) -> bool:
 
 
 def load_clip(entry: dict, name: str = "clip"):
-    """(model, processor, device) for a config entry ``{model, device}``."""
+    """(model, processor, device) for a config entry ``{model, device}`` (open_clip files: also
+    ``tokenizer``, ``activation``)."""
     import torch  # noqa: F401  (torch must be importable before transformers picks a backend)
     from transformers import AutoProcessor, CLIPModel
 
+    from .open_clip_convert import DEFAULT_TOKENIZER, is_open_clip_checkpoint, load_open_clip_checkpoint
+
     source = str(entry["model"])
     path = Path(source).expanduser()
+    if is_open_clip_checkpoint(source):
+        device = pick_device(entry.get("device", "auto"))
+        model, processor = load_open_clip_checkpoint(path, str(entry.get("tokenizer", DEFAULT_TOKENIZER)),
+                                                     entry.get("activation", "gelu"))
+        log.info("clip %s: converted open_clip checkpoint %s, on %s", name, source, device)
+        return model.to(device).eval(), processor, device
     if not _is_hub_id(source) and not path.is_dir():
         raise TrsllavaError(
             f"config: baselines.clip.models.{name}.model is '{source}': not a folder (a local CLIP checkpoint in "
-            "Hugging Face format) nor a hub id org/name"
+            "Hugging Face format), an open_clip checkpoint file (.pt, .pth, .bin) nor a hub id org/name"
         )
     device = pick_device(entry.get("device", "auto"))
     try:

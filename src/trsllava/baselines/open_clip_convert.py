@@ -73,11 +73,20 @@ def _layers(state_dict: dict, prefix: str) -> int:
 
 def infer_config(state_dict: dict, activation: str = "gelu"):
     """The ``CLIPConfig`` of an open_clip ViT state dict, read off its tensor shapes."""
-    from transformers import CLIPConfig
-
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)} (got {activation!r})")
     _check_layout(state_dict)
+    try:
+        return _infer_config(state_dict, activation)
+    except KeyError as exc:
+        raise ValueError(f"not an open_clip ViT CLIP state dict: no {exc.args[0]}") from None
+
+
+def _infer_config(state_dict: dict, activation: str):
+    from transformers import CLIPConfig
+
+    text_layers = _layers(state_dict, "transformer.resblocks.")
+    vision_layers = _layers(state_dict, "visual.transformer.resblocks.")
     vision_width, _, patch_size, _ = state_dict["visual.conv1.weight"].shape
     grid = math.isqrt(state_dict["visual.positional_embedding"].shape[0] - 1)
     if grid * grid + 1 != state_dict["visual.positional_embedding"].shape[0]:
@@ -96,7 +105,7 @@ def infer_config(state_dict: dict, activation: str = "gelu"):
             "vocab_size": int(vocab_size),
             "hidden_size": int(text_width),
             "intermediate_size": int(state_dict["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
-            "num_hidden_layers": _layers(state_dict, "transformer.resblocks."),
+            "num_hidden_layers": text_layers,
             "num_attention_heads": int(text_width) // HEAD_WIDTH,
             "max_position_embeddings": int(state_dict["positional_embedding"].shape[0]),
             # CLIP's BPE puts <|startoftext|> and <|endoftext|> last; the end id is the highest, where
@@ -109,7 +118,7 @@ def infer_config(state_dict: dict, activation: str = "gelu"):
             **common,
             "hidden_size": int(vision_width),
             "intermediate_size": int(state_dict["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
-            "num_hidden_layers": _layers(state_dict, "visual.transformer.resblocks."),
+            "num_hidden_layers": vision_layers,
             "num_attention_heads": int(vision_width) // HEAD_WIDTH,
             "image_size": int(patch_size * grid),
             "patch_size": int(patch_size),
@@ -136,13 +145,8 @@ def _blocks(state_dict: dict, source: str, target: str, layers: int) -> dict:
     return out
 
 
-def convert_open_clip_state_dict(state_dict: dict, config) -> dict:
-    """The ``CLIPModel`` state dict (float32, contiguous) of an open_clip ViT CLIP state dict.
-
-    Every tensor of ``state_dict`` is used, except the known buffers in ``IGNORED_KEYS``; a leftover
-    or a missing key raises ``ValueError``."""
-    _check_layout(state_dict)
-    vision, text = config.vision_config, config.text_config
+def _rename(state_dict: dict, config) -> dict:
+    """open_clip names -> transformers' CLIPModel names (KeyError for a missing tensor)."""
     out = {
         "vision_model.embeddings.class_embedding": state_dict["visual.class_embedding"],
         "vision_model.embeddings.patch_embedding.weight": state_dict["visual.conv1.weight"],
@@ -159,11 +163,23 @@ def convert_open_clip_state_dict(state_dict: dict, config) -> dict:
         "text_projection.weight": state_dict["text_projection"].t(),
         "logit_scale": state_dict["logit_scale"],
     }
+    out.update(_blocks(state_dict, "visual.transformer.resblocks", "vision_model.encoder.layers",
+                       config.vision_config.num_hidden_layers))
+    out.update(_blocks(state_dict, "transformer.resblocks", "text_model.encoder.layers", config.text_config.num_hidden_layers))
+    return out
+
+
+def convert_open_clip_state_dict(state_dict: dict, config) -> dict:
+    """The ``CLIPModel`` state dict (float32, contiguous) of an open_clip ViT CLIP state dict.
+
+    Every tensor of ``state_dict`` is used, except the known buffers in ``IGNORED_KEYS``; a leftover
+    or a missing key raises ``ValueError``."""
+    _check_layout(state_dict)
     try:
-        out.update(_blocks(state_dict, "visual.transformer.resblocks", "vision_model.encoder.layers", vision.num_hidden_layers))
-        out.update(_blocks(state_dict, "transformer.resblocks", "text_model.encoder.layers", text.num_hidden_layers))
+        out = _rename(state_dict, config)
     except KeyError as exc:
         raise ValueError(f"not an open_clip ViT CLIP state dict: no {exc.args[0]}") from None
+    vision, text = config.vision_config, config.text_config
     used = {"visual.class_embedding", "visual.conv1.weight", "visual.positional_embedding", "visual.ln_pre.weight",
             "visual.ln_pre.bias", "visual.ln_post.weight", "visual.ln_post.bias", "visual.proj", "token_embedding.weight",
             "positional_embedding", "ln_final.weight", "ln_final.bias", "text_projection", "logit_scale"}
@@ -208,7 +224,7 @@ def load_open_clip_checkpoint(path, tokenizer_source: str = DEFAULT_TOKENIZER, a
     try:
         tokenizer = CLIPTokenizer.from_pretrained(str(Path(tokenizer_source).expanduser()) if Path(tokenizer_source).expanduser().is_dir()
                                                   else tokenizer_source)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # not found / not a valid repo id
         raise TrsllavaError(
             f"the CLIP tokenizer '{tokenizer_source}' for {path.name} could not be loaded ({str(exc).splitlines()[0]}); "
             f"give a local folder holding it (e.g. a download of {DEFAULT_TOKENIZER})"
