@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers import CLIPTokenizer
 
 from trsllava.baselines.clip import embed_dataset, embed_images, embed_texts, load_clip
 from trsllava.baselines.open_clip_convert import (
@@ -120,6 +121,16 @@ def test_checkpoint_files_that_cannot_be_converted_fail_naming_the_file(tmp_path
         load_clip({"model": str(tmp_path / "missing.pt"), "tokenizer": str(tokenizer_folder)}, "remoteclip")
     with pytest.raises(TrsllavaError, match=r"tokenizer .*tiny_open_clip_vit\.pt could not be loaded"):
         load_open_clip_checkpoint(CHECKPOINT, str(tmp_path / "no-tokenizer-here"))
+    # a tokenizer of another vocabulary size; without a hub, transformers 5 gives an empty tokenizer for
+    # an uncached hub id instead of raising, which this same check catches
+    other = tmp_path / "other-tokenizer"
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_folder))
+    tokenizer.add_tokens(["<extra>"])
+    tokenizer.save_pretrained(other)
+    with pytest.raises(TrsllavaError, match=r"has 523 tokens where tiny_open_clip_vit\.pt has 522 token embeddings"):
+        load_open_clip_checkpoint(CHECKPOINT, str(other))
+    with pytest.raises(TrsllavaError, match=r"openai/clip-vit-base-patch32.* tokens where tiny_open_clip_vit\.pt has 522"):
+        load_open_clip_checkpoint(CHECKPOINT)  # the default tokenizer: 49408 tokens from a hub, an empty one offline
 
 
 def test_a_config_entry_naming_the_pt_file_embeds_through_the_baseline(tokenizer_folder, tmp_path):

@@ -229,9 +229,14 @@ def load_open_clip_checkpoint(path, tokenizer_source: str = DEFAULT_TOKENIZER, a
             f"the CLIP tokenizer '{tokenizer_source}' for {path.name} could not be loaded ({str(exc).splitlines()[0]}); "
             f"give a local folder holding it (e.g. a download of {DEFAULT_TOKENIZER})"
         ) from exc
-    if len(tokenizer) > config.text_config.vocab_size:
-        raise TrsllavaError(f"the tokenizer '{tokenizer_source}' has {len(tokenizer)} tokens, more than the "
-                            f"{config.text_config.vocab_size} embeddings of {path.name}: not this checkpoint's tokenizer")
+    # equal sizes, not just "fits": transformers 5 answers an unreachable hub id with an empty tokenizer
+    # (2 special tokens) rather than an error, which would silently embed every caption alike
+    if len(tokenizer) != config.text_config.vocab_size:
+        raise TrsllavaError(
+            f"the CLIP tokenizer '{tokenizer_source}' has {len(tokenizer)} tokens where {path.name} has "
+            f"{config.text_config.vocab_size} token embeddings: not this checkpoint's tokenizer"
+            + (" (or not available offline: give a local folder holding it)" if len(tokenizer) < 10 else "")
+        )
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         if getattr(tokenizer, name) is not None:
             setattr(config.text_config, name, getattr(tokenizer, name))
