@@ -221,3 +221,13 @@ def test_clip_rows_match_a_direct_computation(baseline_run, tiny_clip):
     row = pl.read_parquet(baseline_run / "results" / "ablation.parquet").filter(pl.col("captioner") == "clip:tiny").row(0, named=True)
     for key, value in naive.items():
         assert row[key] == pytest.approx(value, abs=0.01), key
+
+
+def test_clip_names_a_corrupt_image(tmp_path):
+    from trsllava.baselines.clip import embed_images
+    from trsllava.errors import TrsllavaError
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    with pytest.raises(TrsllavaError, match=f"cannot read image {broken}"):
+        embed_images(None, None, "cpu", [str(broken)])

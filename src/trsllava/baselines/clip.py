@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from tqdm.auto import tqdm
 
 from ..atomic import write_json, write_npy
 from ..encoders.base import save_texts
@@ -100,11 +101,14 @@ def embed_images(model, processor, device: str, paths: list[str], batch_size: in
     from PIL import Image
 
     chunks = []
-    for start in range(0, len(paths), batch_size):
+    for start in tqdm(range(0, len(paths), batch_size), desc="CLIP images", unit="batch"):
         images = []
         for path in paths[start : start + batch_size]:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
+            try:
+                with Image.open(path) as image:
+                    images.append(image.convert("RGB"))
+            except (OSError, ValueError) as error:  # missing, truncated or not an image
+                raise TrsllavaError(f"CLIP baseline: cannot read image {path}: {error}") from error
         inputs = processor(images=images, return_tensors="pt").to(device)
         with torch.inference_mode():
             chunks.append(_features(model.get_image_features(**inputs)).float().cpu().numpy())
@@ -117,7 +121,7 @@ def embed_texts(model, processor, device: str, texts: list[str], batch_size: int
 
     max_length = int(model.config.text_config.max_position_embeddings)
     chunks = []
-    for start in range(0, len(texts), batch_size):
+    for start in tqdm(range(0, len(texts), batch_size), desc="CLIP texts", unit="batch"):
         inputs = processor(
             text=texts[start : start + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
         ).to(device)
