@@ -32,9 +32,14 @@ def test_shards_merge_into_the_caption_table(captioned_run):
     shard_images = [json.loads(p.read_text())["rows"] for p in sorted(results.joinpath("tiny").glob("shard-*"))]
     assert sorted(len({r["image_id"] for r in rows}) for rows in shard_images) == [20, 20, 20]
     table = pl.read_parquet(results / "tiny.parquet")
-    # rsicd_style: one free text per image, kept even when cut at max_tokens; random weights never
-    # produce valid rsrt JSON, so rsrt contributes nothing to the table
-    assert table.filter(pl.col("prompt") == "rsicd_style").height == 60
+    # rsicd_style: one free text per image, kept even when cut at max_tokens, except the empty ones
+    # (random weights, sampled with seeds that depend on the model's tmp path, now and then emit an
+    # EOS first): those are listed by image in the quality report; random weights never produce
+    # valid rsrt JSON, so rsrt contributes nothing to the table
+    quality = json.loads((results / "tiny.quality.json").read_text())
+    empty = {f["image_id"] for f in quality["rsicd_style"]["failures"] if f["status"] == "empty"}
+    kept = table.filter(pl.col("prompt") == "rsicd_style")
+    assert kept.height + len(empty) == 60 and not empty & set(kept["image_id"]) and len(empty) <= 3
     assert table.filter(pl.col("prompt") == "rsrt").is_empty()
     assert set(table["backend"]) == {"transformers"} and table["model_id"].str.ends_with("tiny-llava").all()
     assert json.loads(table["sampling"][0]) == {"max_tokens": 8, "temperature": 0.7, "seed": 0}
