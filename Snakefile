@@ -1,14 +1,20 @@
 # trsllava: training-free remote-sensing image retrieval as a Snakemake experiment.
-#   snakemake --cores 2                 everything in config.yaml
-#   snakemake --cores 2 figures         redraw tables and figures from existing evaluations
-#   snakemake --report report.html      HTML report of tables and figures
+#   snakemake --cores 2                         the shipped experiment, config.yaml
+#   snakemake --cores 2 --configfile my.yaml    your experiment: exactly what my.yaml names
+#   snakemake --cores 2 figures                 redraw tables and figures from existing evaluations
+#   snakemake --report results/report.html      HTML report of tables and figures
 
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The shipped experiment is config.yaml. A file given with --configfile replaces it instead of being
+# merged into it (Snakemake's default), so that a user's experiment runs only what it names; the
+# schema fills in the defaults either way. To build on config.yaml, name both: --configfile config.yaml my.yaml
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
@@ -22,8 +28,9 @@ include: "workflow/rules/baselines.smk"
 
 rule all:
     input:
-        all_indexes(),
-        ablation_tables(),
-        figure_files(),
-        f"{R}/manifest.json",
+        all_targets,
     default_target: True
+
+
+onsuccess:
+    finish_run(log)

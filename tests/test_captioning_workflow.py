@@ -72,4 +72,4 @@ def test_unreachable_model_names_both_ways_out():
         make_backend("smol", {"backend": "transformers", "model": "HuggingFaceTB/SmolVLM-256M-Instruct"})
     message = str(error.value)
     assert "HuggingFaceTB/SmolVLM-256M-Instruct" in message and "\n" not in message
-    assert "captioners.smol.model to a local model folder" in message and "config.offline.yaml" in message
+    assert "captioners.smol.model to a local model folder" in message and "reaches the Hugging Face hub" in message

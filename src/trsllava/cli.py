@@ -1,6 +1,7 @@
 """`trsllava`: small command-line entry points beside the Snakemake workflow.
 
     trsllava figures [--results results] [--config config.yaml]   redraw tables and figures from existing evaluations
+    trsllava summary [--results results]                          the run summary again (best rows, skipped models, paths)
     trsllava search "QUERY" [-k 10] [--json] [--html page.html]      rank a built archive's images by a text query
     trsllava search --image ID_OR_FILE [--captions human|generated]  closest captions to one gallery image
     trsllava convert-clip CHECKPOINT.pt --out FOLDER [--tokenizer SRC]  an open_clip ViT checkpoint as a HF CLIP folder
@@ -30,6 +31,17 @@ def _figures(args) -> None:
     steps.ablation_tables(config, metrics, results)
     steps.figures(config, results / "ablation.parquet", results / "figures", results / "manifest.json")
     print(f"redrew tables and figures from {len(metrics)} evaluation(s) into {results}")
+
+
+def _summary(args) -> None:
+    from .reporting.summary import run_summary
+
+    config = yaml.safe_load(Path(args.config).read_text(encoding="utf-8-sig")) if Path(args.config).is_file() else {}
+    results = Path(args.results or (config or {}).get("results", "results"))
+    if not (results / "ablation.parquet").is_file():
+        raise TrsllavaError(f"no ablation table under {results} (run the workflow first: snakemake --cores N)")
+    records = sorted((results / "models").glob("*.json")) + sorted((results / "models" / "clip").glob("*.json"))
+    print(run_summary(config or {}, records, results))
 
 
 def _search(args) -> None:
@@ -74,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     figures.add_argument("--results", help="results folder (default: config's results)")
     figures.add_argument("--config", default="config.yaml", help="config for figure options (default config.yaml)")
     figures.set_defaults(handler=_figures)
+    summary = commands.add_parser("summary", help="print the run summary of a results folder (best rows, skipped models, paths)")
+    summary.add_argument("--results", help="results folder (default: config's results)")
+    summary.add_argument("--config", default="config.yaml", help="config of the run (default config.yaml)")
+    summary.set_defaults(handler=_summary)
     search = commands.add_parser(
         "search", help="search a built archive: a text query ranks the images, --image ranks captions",
         description="Rank the gallery images of a built run by a text query (an image scores as its best-matching "

@@ -117,8 +117,16 @@ def encoder_models(config: dict) -> dict:
     return described
 
 
-def build_manifest(config: dict, workflow_dir: Path, image_tables: dict[str, Path], caption_tables: list[Path]) -> dict:
+def build_manifest(config: dict, workflow_dir: Path, image_tables: dict[str, Path], caption_tables: list[Path],
+                   model_records: list[dict] = ()) -> dict:
+    """The manifest; ``model_records`` (trsllava.models.availability) give the fetched models and
+    ``skipped``: one line per model left out of the run, with the reason and the ways to get it."""
+    from .models.availability import skip_line, skipped
+
     return {
+        "models": [{k: r.get(k) for k in ("kind", "name", "model", "revision", "source", "available", "required", "reason")}
+                   for r in model_records],
+        "skipped": [f"{skip_line(r)}. {r['ways_out']}" for r in skipped(list(model_records))],
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config_sha256": config_sha256(config),
         "git": git_state(workflow_dir),
@@ -137,4 +145,9 @@ def provenance_line(manifest: dict) -> str:
     dirty = (manifest.get("git") or {}).get("dirty")
     version = manifest.get("packages", {}).get("trsllava", "?")
     code = f"{commit[:10]}{'+changes' if dirty else ''}" if commit else "not a git checkout"
-    return f"trsllava {version} · code {code} · config {manifest.get('config_sha256', '?')[:10]} · {manifest.get('created_utc', '')}"
+    line = f"trsllava {version} · code {code} · config {manifest.get('config_sha256', '?')[:10]} · {manifest.get('created_utc', '')}"
+    left_out = [entry["name"] if entry["kind"] == "captioner" else f"clip:{entry['name']}"
+                for entry in manifest.get("models", []) if not entry.get("available", True)]
+    if left_out:
+        line += f" · skipped (model not available here): {', '.join(left_out)}"
+    return line

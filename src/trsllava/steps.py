@@ -66,11 +66,30 @@ def import_caption_set(config: dict, dataset: str, captioner: str, images: Path,
     write_json(coverage, coverage_out)
 
 
-def fetch_captioner_model(config: dict, captioner: str, out: Path) -> None:
-    """Find or download the captioner's model once, before its shard jobs, and record where it is."""
-    from .captioning.model_fetch import resolve_model
+def fetch_captioner_model(config: dict, captioner: str, out: Path, attempt: str | None = None) -> None:
+    """Find or download the captioner's model once, before its shard jobs, and record where it is, or
+    that it cannot be had here (the captioner is then skipped; see trsllava.models.availability).
+    ``attempt`` (the workflow's retry token) is kept in the record."""
+    from .captioning.model_fetch import captioner_record
 
-    write_json(resolve_model(captioner, config["captioners"][captioner]), out)
+    write_json({**captioner_record(captioner, config["captioners"][captioner]), "attempt": attempt}, out)
+
+
+def fetch_clip_model(config: dict, model_name: str, out: Path, attempt: str | None = None) -> None:
+    """The CLIP baseline's counterpart of ``fetch_captioner_model``."""
+    from .baselines.clip_models import clip_record
+
+    write_json({**clip_record(model_name, config["baselines"]["clip"]["models"][model_name]), "attempt": attempt}, out)
+
+
+def _available_record(path: Path) -> dict:
+    """A model record that must say available (a job of a skipped model was asked for by name)."""
+    import json
+
+    recorded = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not recorded.get("available", True):
+        raise TrsllavaError(f"{recorded['message']}. {recorded['ways_out']}")
+    return recorded
 
 
 def caption_shard(config: dict, dataset: str, captioner: str, shard: int, shards: int, images: Path,
@@ -78,8 +97,6 @@ def caption_shard(config: dict, dataset: str, captioner: str, shard: int, shards
     """Caption one shard with every prompt of the captioner; resumable through ``progress``.
     ``model`` is the record written by ``fetch_captioner_model``: the folder to load, and the id
     and commit that every caption row names."""
-    import json
-
     from .captioning.backends import make_backend, sampling_of
     from .captioning.model_fetch import RecordedModel
     from .captioning.prompts import load_prompts
@@ -92,7 +109,7 @@ def caption_shard(config: dict, dataset: str, captioner: str, shard: int, shards
         raise TrsllavaError(f"config: captioners.{captioner}.prompts names unknown prompt(s) {unknown}; known: {sorted(registry)}")
     prompts = [registry[p] for p in entry.get("prompts", ["rsrt"])]
     part = shard_images(pl.read_parquet(images), shard, shards)
-    record = json.loads(Path(model).read_text())
+    record = _available_record(model)
     loaded = make_backend(captioner, {**entry, "model": record["path"] or record["model"]})
     backend = RecordedModel(loaded, record)
     run = ShardRun(backend, prompts, sampling_of(entry), batch_size=int(entry.get("batch_size", 4)))
@@ -223,28 +240,42 @@ def ablation_tables(config: dict, metric_files: list[Path], out_dir: Path) -> No
     write_ablation(gather_ablation([Path(p) for p in metric_files]), Path(out_dir))
 
 
-def figures(config: dict, ablation: Path, out_dir: Path, manifest: Path | None = None) -> None:
+def figures(config: dict, ablation: Path, out_dir: Path, manifest: Path | None = None,
+            datasets: list[str] | None = None) -> None:
+    """Figures from the ablation table; the manifest gives the footer and what was skipped."""
     from .reporting.figure_options import FigureOptions
     from .reporting.figures import write_figures
 
-    footer = None
+    footer, skipped = None, []
     if manifest is not None and Path(manifest).is_file():
         import json
 
         from .manifest import provenance_line
 
-        footer = provenance_line(json.loads(Path(manifest).read_text()))
+        recorded = json.loads(Path(manifest).read_text(encoding="utf-8"))
+        footer = provenance_line(recorded)
+        skipped = [m for m in recorded.get("models", []) if not m.get("available", True)]
     write_figures(pl.read_parquet(ablation), Path(out_dir), options=FigureOptions.from_config(config.get("figures")),
-                  footer=footer)
+                  footer=footer, datasets=datasets, skipped=skipped)
 
 
 def write_run_manifest(config: dict, workflow_dir: Path, image_tables: list[Path], caption_tables: list[Path],
-                       out: Path) -> None:
-    """results/manifest.json: config hash, git commit, versions, models, dataset checksums, hardware."""
+                       out: Path, model_records: list[Path] = (), availability_out: Path | None = None) -> None:
+    """results/manifest.json: config hash, git commit, versions, models (and those skipped, with the
+    reason), dataset checksums, hardware."""
     from .manifest import build_manifest
+    from .models.availability import read_records
 
     tables = {Path(p).parent.parent.name: Path(p) for p in image_tables}  # results/<dataset>/dataset/images.parquet
-    manifest = build_manifest(config, Path(workflow_dir), tables, [Path(p) for p in caption_tables])
+    manifest = build_manifest(config, Path(workflow_dir), tables, [Path(p) for p in caption_tables],
+                              read_records(model_records))
+    for line in manifest["skipped"]:
+        log.warning("skipped: %s", line)
+    if availability_out is not None:
+        from .atomic import write_csv
+        from .models.availability import availability_table
+
+        write_csv(availability_table(read_records(model_records)), availability_out)
     log.info("manifest: config %s, commit %s, %d caption model(s)", manifest["config_sha256"][:10],
              manifest["git"]["commit"], len(manifest["captioners"]))
     write_json(manifest, out)
@@ -252,11 +283,14 @@ def write_run_manifest(config: dict, workflow_dir: Path, image_tables: list[Path
 
 # -- baselines: zero-shot CLIP and the human-caption oracle -------------------------------------
 
-def clip_embed(config: dict, dataset: str, model_name: str, images: Path, references: Path, out_dir: Path) -> None:
-    """Embed the gallery images and the distinct human captions with a configured CLIP model."""
+def clip_embed(config: dict, dataset: str, model_name: str, images: Path, references: Path, model: Path,
+               out_dir: Path) -> None:
+    """Embed the gallery images and the distinct human captions with a configured CLIP model, loaded
+    from where ``fetch_clip_model`` recorded it (``model``)."""
     from .baselines.clip import embed_dataset
+    from .baselines.clip_models import loadable_entry
 
-    entry = config["baselines"]["clip"]["models"][model_name]
+    entry = loadable_entry(config["baselines"]["clip"]["models"][model_name], _available_record(model))
     embed_dataset(model_name, entry, pl.read_parquet(images), pl.read_parquet(references), Path(out_dir))
 
 

@@ -4,11 +4,38 @@
 # File paths use the bare model name; the ablation's captioner column says `clip:<model>`.
 
 
+localrules:
+    fetch_clip_model,
+
+
+checkpoint fetch_clip_model:
+    """Find a CLIP baseline's weights (and an open_clip checkpoint's tokenizer) once per run, or record
+    that they cannot be had here: the plan then leaves the baseline out (see fetch_captioner_model)."""
+    output:
+        model_record_path("clip", "{model}"),
+    params:
+        model=lambda w: [config["baselines"]["clip"]["models"][w.model].get(k) for k in ("model", "tokenizer", "required")],
+        retry=lambda w: retry_token(model_record_path("clip", w.model)),
+    log:
+        f"{R}/logs/fetch_clip_model/{{model}}.log",
+    wildcard_constraints:
+        model=one_of(CLIP_MODELS),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=120,
+    conda:
+        "../../envs/retrieval.yaml"
+    script:
+        "../scripts/fetch_clip_model.py"
+
+
 rule clip_embed:
     """Embed the gallery images and the distinct human captions with one CLIP model (loaded once)."""
     input:
         images=f"{R}/{{dataset}}/dataset/images.parquet",
         references=f"{R}/{{dataset}}/dataset/references.parquet",
+        model=model_record_path("clip", "{model}"),
     output:
         directory(f"{R}/{{dataset}}/baselines/clip/{{model}}/embeddings"),
     log:

@@ -31,14 +31,17 @@ localrules:
     fetch_captioner_model,
 
 
-rule fetch_captioner_model:
+checkpoint fetch_captioner_model:
     """Find the captioner's model (a local folder, the cache, or a download from the hub) once, before
-    its shard jobs, and record its folder and commit; offline without a cached copy it fails in one line."""
+    its shard jobs, and record its folder and commit, or that it cannot be had here: the plan then
+    leaves the captioner out (a checkpoint: the input functions of common.smk read the record)."""
     output:
-        f"{R}/models/{{captioner}}.json",
+        model_record_path("captioner", "{captioner}"),
     params:
         # a changed model or revision in config.yaml fetches again (Snakemake's params rerun trigger)
-        model=lambda w: [config["captioners"][w.captioner].get(k) for k in ("model", "revision")],
+        model=lambda w: [config["captioners"][w.captioner].get(k) for k in ("model", "revision", "required")],
+        # a model skipped last time is tried again on every run (a changing param reruns the job)
+        retry=lambda w: retry_token(model_record_path("captioner", w.captioner)),
     log:
         f"{R}/logs/fetch_captioner_model/{{captioner}}.log",
     wildcard_constraints:
@@ -59,7 +62,7 @@ rule caption_shard:
     failed or killed job keeps them and its rerun continues where it stopped."""
     input:
         images=f"{R}/{{dataset}}/dataset/images.parquet",
-        model=f"{R}/models/{{captioner}}.json",
+        model=model_record_path("captioner", "{captioner}"),
     output:
         f"{R}/{{dataset}}/captions/{{captioner}}/shard-{{shard}}-of-{{shards}}.json",
     params:

@@ -1,17 +1,25 @@
-# Shared helpers: config validation, the experiment grid, output paths.
+# Shared helpers: config validation, the experiment grid, model availability, output paths.
+import json
 import re
+import sys
 
 from snakemake.utils import validate
+
+sys.path.insert(0, f"{workflow.basedir}/src")  # the package of this checkout (also under --sdm conda)
+
+from trsllava.errors import TrsllavaError
+from trsllava.workflow_checks import check_snakemake_version
+
+try:
+    check_snakemake_version()
+except TrsllavaError as error:
+    raise WorkflowError(f"trsllava: {error}") from None
 
 validate(config, schema="../schemas/config.schema.yaml")
 
 
 def _check_fusions():
     """Fusions name encoders of `encoders:`; a bad one stops the run at start with its key named."""
-    import sys
-
-    sys.path.insert(0, f"{workflow.basedir}/src")
-    from trsllava.errors import TrsllavaError
     from trsllava.evaluation.fusion_spec import check_fusions
 
     try:
@@ -70,9 +78,78 @@ def n_shards(captioner):
     return int(config["captioners"][captioner].get("shards", 1))
 
 
+# -- model availability (checkpoints fetch_captioner_model and fetch_clip_model) ------------------
+# A generating captioner or CLIP baseline whose model cannot be had here (no hub, not cached) is left
+# out of the plan: these functions read the model records, so they may only be called from input
+# functions (Snakemake re-evaluates them once the checkpoints have run).
+
+
+RUN_STARTED = __import__("datetime").datetime.now().isoformat(timespec="microseconds")
+
+
+def model_record_path(kind, name):
+    return f"{R}/models/{name}.json" if kind == "captioner" else f"{R}/models/clip/{name}.json"
+
+
+def retry_token(path):
+    """A param of the fetch checkpoints (the record keeps it as `attempt`): the recorded value while
+    the model is available, so the fetch never reruns by itself; a new value on every executing run
+    while it is not, so a skipped model is tried again (Snakemake's params rerun trigger). Dry runs and
+    --report see the recorded value: the checkpoint then counts as complete and they plan (or report)
+    the run as it stands. Evaluated twice per job (planning, then execution after Snakemake removed
+    the old record), hence one value per run (RUN_STARTED) rather than per call."""
+    executing = workflow.executor_plugin is not None and not workflow.dryrun and not workflow.touch
+    this_run = f"fetch of the run started {RUN_STARTED}"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            recorded = json.load(handle)
+    except (OSError, ValueError):
+        return this_run if executing else "not fetched yet"
+    if recorded.get("available", True) or not executing:
+        return recorded.get("attempt")
+    return this_run
+
+
+def fetched_models():
+    """(kind, name) of every model the plan fetches: generating captioners with at least one dataset,
+    CLIP models when some dataset has images."""
+    models = [("captioner", c) for c in GENERATED if captioned_datasets(c)]
+    if clip_datasets():
+        models += [("clip", m) for m in CLIP_MODELS]
+    return models
+
+
+def model_records():
+    """The records of every fetched model (runs the fetch checkpoints first; input functions only)."""
+    records = []
+    for kind, name in fetched_models():
+        fetch = checkpoints.fetch_captioner_model if kind == "captioner" else checkpoints.fetch_clip_model
+        path = fetch.get(**({"captioner": name} if kind == "captioner" else {"model": name})).output[0]
+        with open(path, encoding="utf-8") as handle:
+            records.append(json.load(handle))
+    return records
+
+
+def unavailable(kind):
+    """Names of the models of ``kind`` that cannot be had here (input functions only)."""
+    return {r["name"] for r in model_records() if r["kind"] == kind and not r["available"]}
+
+
+def usable_caption_sets():
+    """caption_sets() less those of captioners whose model cannot be had (input functions only)."""
+    skipped = unavailable("captioner")
+    return [(d, c) for d, c in caption_sets() if c not in skipped]
+
+
+def required_missing():
+    """True when a model marked `required: true` cannot be had: the run then does nothing more and
+    fails at the end with one line per such model (onsuccess handler)."""
+    return any(not r["available"] and r.get("required") for r in model_records())
+
+
 def grid():
-    """Every (dataset, captioner, encoder) evaluation."""
-    return [(d, c, e) for d, c in caption_sets() for e in config["encoders"]]
+    """Every (dataset, captioner, encoder) evaluation (input functions only)."""
+    return [(d, c, e) for d, c in usable_caption_sets() for e in config["encoders"]]
 
 
 def all_indexes():
@@ -88,7 +165,7 @@ FUSIONS = list(config.get("fusions") or {})
 
 def fusion_metrics():
     """Every (dataset, captioner, fusion) evaluation: rows of the ablation with encoder = the fusion."""
-    return [f"{R}/{d}/eval/{f}/{c}.metrics.parquet" for d, c in caption_sets() for f in FUSIONS]
+    return [f"{R}/{d}/eval/{f}/{c}.metrics.parquet" for d, c in usable_caption_sets() for f in FUSIONS]
 
 
 ABLATION_FORMATS = ["csv", "parquet", "md", "tex"]
@@ -120,9 +197,51 @@ def clip_datasets():
 
 
 def baseline_metrics():
-    """Metrics of the CLIP rows (each model x dataset with images) and of the oracle rows (each
-    encoder x dataset), gathered into the ablation table beside the caption sets."""
-    files = [f"{R}/{d}/baselines/clip/{m}/metrics.parquet" for d in clip_datasets() for m in CLIP_MODELS]
+    """Metrics of the CLIP rows (each available model x dataset with images) and of the oracle rows
+    (each encoder x dataset), gathered into the ablation table beside the caption sets (input
+    functions only)."""
+    models = [m for m in CLIP_MODELS if m not in unavailable("clip")] if clip_datasets() else []
+    files = [f"{R}/{d}/baselines/clip/{m}/metrics.parquet" for d in clip_datasets() for m in models]
     if BASELINES.get("oracle", False):
         files += [f"{R}/{d}/baselines/oracle/{e}.metrics.parquet" for d in config["datasets"] for e in config["encoders"]]
     return files
+
+
+def ablation_inputs(wildcards):
+    return all_metrics() + baseline_metrics()
+
+
+def manifest_captions(wildcards):
+    return [f"{R}/{d}/captions/{c}.parquet" for d, c in usable_caption_sets()]
+
+
+def all_targets(wildcards):
+    """The default target: everything, or only the model records when a required model is missing
+    (the onsuccess handler then fails the run with one line)."""
+    records = [model_record_path(kind, name) for kind, name in fetched_models()]
+    if required_missing():
+        return records
+    return records + all_indexes() + ablation_tables() + figure_files() + [f"{R}/manifest.json"]
+
+
+def model_record_paths():
+    return [model_record_path(kind, name) for kind, name in fetched_models()]
+
+
+def model_availability():
+    """[kind, name, available] of every fetched model, read from the records already written (a param
+    of the manifest, whose input functions have run the fetch checkpoints before)."""
+    from trsllava.models.availability import read_records
+
+    return [[r["kind"], r["name"], r["available"]] for r in read_records(model_record_paths())]
+
+
+def finish_run(log):
+    """onsuccess: the run summary on screen; a missing required model fails the run in one line."""
+    from trsllava.models.availability import read_records, required_failures
+    from trsllava.reporting.summary import run_summary
+
+    failures = required_failures(read_records(model_record_paths()))
+    if failures:
+        sys.exit("\n".join(f"trsllava: {line}" for line in failures))
+    print(run_summary(config, model_record_paths()), flush=True)

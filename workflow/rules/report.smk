@@ -1,8 +1,7 @@
 rule ablation:
     """Gather every evaluation into the ablation table (CSV, parquet, Markdown, LaTeX)."""
     input:
-        all_metrics(),
-        baseline_metrics(),
+        ablation_inputs,
     output:
         report(
             f"{R}/ablation.csv",
@@ -33,6 +32,7 @@ rule draw_figures:
     params:
         # figure options are params: editing them reruns this rule only (Snakemake's params trigger)
         options=config["figures"],
+        datasets=evaluated_datasets(),
     output:
         [
             report(path, caption="../report/figures.rst", category="Figures")
@@ -69,13 +69,19 @@ rule manifest:
     commits, encoders, dataset checksums and hardware; the figures carry its one-line summary."""
     input:
         images=[f"{R}/{d}/dataset/images.parquet" for d in evaluated_datasets()],
-        captions=[f"{R}/{d}/captions/{c}.parquet" for d, c in caption_sets()],
+        captions=manifest_captions,
     output:
-        report(f"{R}/manifest.json", caption="../report/manifest.rst", category="Run", labels={"file": "manifest"}),
+        manifest=report(f"{R}/manifest.json", caption="../report/manifest.rst", category="Run", labels={"file": "manifest"}),
+        models=report(
+            f"{R}/model_availability.csv", caption="../report/models.rst", category="Run", labels={"file": "models"}
+        ),
     params:
         # the experiment, not its presentation: editing `figures:` does not rewrite the manifest
         experiment={key: value for key, value in config.items() if key != "figures"},
         workflow_dir=workflow.basedir,
+        model_records=model_record_paths(),
+        # which models this run has (a model becoming available, or no longer, rewrites the manifest)
+        availability=lambda w: model_availability(),
     log:
         f"{R}/logs/manifest.log",
     threads: 1

@@ -12,5 +12,6 @@ run(
     model_name=snakemake.wildcards.model,
     images=snakemake.input.images,
     references=snakemake.input.references,
+    model=snakemake.input.model,
     out_dir=snakemake.output[0],
 )

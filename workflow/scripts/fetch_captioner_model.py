@@ -5,4 +5,4 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../../src")  # the package of this ch
 from trsllava import steps
 from trsllava.snakemake_glue import run
 
-run(snakemake, steps.fetch_captioner_model, captioner=snakemake.wildcards.captioner, out=snakemake.output[0])
+run(snakemake, steps.fetch_captioner_model, captioner=snakemake.wildcards.captioner, out=snakemake.output[0], attempt=snakemake.params.retry)

@@ -12,5 +12,6 @@ run(
     steps.figures,
     ablation=snakemake.input.ablation,
     manifest=snakemake.input.manifest,
+    datasets=list(snakemake.params.datasets),
     out_dir=Path(snakemake.output[0]).parent,
 )

@@ -11,5 +11,7 @@ run(
     workflow_dir=snakemake.params.workflow_dir,
     image_tables=list(snakemake.input.images),
     caption_tables=list(snakemake.input.captions),
-    out=snakemake.output[0],
+    model_records=list(snakemake.params.model_records),
+    out=snakemake.output.manifest,
+    availability_out=snakemake.output.models,
 )

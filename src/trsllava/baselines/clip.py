@@ -75,8 +75,7 @@ def load_clip(entry: dict, name: str = "clip"):
     except OSError as exc:
         raise TrsllavaError(
             f"CLIP model '{source}' could not be loaded ({str(exc).splitlines()[0]}); without a model hub, give "
-            f"baselines.clip.models.{name}.model a local folder in Hugging Face format, or run the offline "
-            f"config without CLIP: make run-offline"
+            f"baselines.clip.models.{name}.model a local folder in Hugging Face format"
         ) from exc
     model = model.to(device).eval()
     log.info("clip %s: loaded %s on %s", name, source, device)

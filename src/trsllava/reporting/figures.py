@@ -245,9 +245,12 @@ def headline(
     ablation: pl.DataFrame,
     reference: pl.DataFrame | None = None,
     reference_names: dict[str, str] | None = None,
+    skipped: list[dict] = (),
 ) -> Figure:
     """Per dataset: the best trsllava row, the zero-shot CLIP rows, the human-caption oracle (a
-    diagnostic upper bound, hatched) and the published numbers, with their sources as footnotes."""
+    diagnostic upper bound, hatched) and the published numbers, with their sources as footnotes.
+    ``skipped``: model records (trsllava.models.availability) of captioners and baselines left out of
+    the run because their model could not be had; each is named in the footnote with its reason."""
     reference = load_reference_results() if reference is None else reference
     reference_names = DEFAULT_REFERENCE_NAMES if reference_names is None else reference_names
     mapping = {k.lower(): v for k, v in reference_names.items()}
@@ -281,7 +284,8 @@ def headline(
     footnote = [f"[{i + 1}] {source}" for i, source in enumerate(sources)]
     if any("†" in label for _, bars, _ in panels for label, _, _ in bars):
         footnote.append("† unverified number")
-    footnote_lines = len(footnote)
+    footnote += skipped_footnote(skipped)
+    footnote_lines = sum(1 + line.count("\n") for line in footnote)  # wrapped lines count
     footnote_height = 0.15 + 0.105 * max(footnote_lines + 1, 6)  # room for the legend beside it
     fig = Figure(figsize=(9.0, sum(heights) + footnote_height + 0.3))
     if not panels:
@@ -325,9 +329,22 @@ def headline(
     fig.legend(handles=handles, fontsize=7, loc="lower right", bbox_to_anchor=(0.99, 0.01), frameon=False)
     bottom = footnote_height / fig.get_figheight()
     if footnote:
-        fig.text(0.01, 0.01, "\n".join(["Sources:", *footnote]), fontsize=6, va="bottom", ha="left", color="0.25")
+        fig.text(0.01, 0.01, "\n".join(["Sources:" if sources else "Notes:", *footnote]), fontsize=6, va="bottom",
+                 ha="left", color="0.25")
     fig.tight_layout(rect=(0, bottom, 1, 1))
     return fig
+
+
+def skipped_footnote(skipped: list[dict]) -> list[str]:
+    """Footnote lines naming each model left out of the run, its reason, and the two ways to get it."""
+    if not skipped:
+        return []
+    lines = []
+    for r in skipped:
+        label = f"clip:{r['name']}" if r["kind"] == "clip" else r["name"]
+        lines.append(wrap(f"Not in this run: {label} ({r['model']}): {r.get('reason') or 'model not available'}", 110))
+    lines.append("To include a skipped model: set its model to a local model folder, or run where the Hugging Face hub is reachable.")
+    return lines
 
 
 def write_figures(
@@ -338,15 +355,20 @@ def write_figures(
     reference: pl.DataFrame | None = None,
     options: FigureOptions | None = None,
     footer: str | None = None,
+    datasets: list[str] | None = None,
+    skipped: list[dict] = (),
 ) -> list[Path]:
     """Write mr_heatmap_<dataset>, recall_bars_<dataset> and headline under ``out_dir``, drawing
     the rows, order, labels, size and formats of ``options`` (config.yaml's `figures:`; ``formats``
-    and ``reference_names`` are used when no options are given); return the written paths."""
+    and ``reference_names`` are used when no options are given); return the written paths.
+    ``datasets``: datasets that get their figures even without a row (their caption sets skipped);
+    ``skipped``: model records of what was left out of the run, named in the headline's footnote."""
     options = options or FigureOptions(formats=tuple(formats), reference_names=dict(reference_names or {}))
     names = options.reference_names or reference_names
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    every_dataset = _datasets(ablation)  # one file per dataset even when the selection leaves it empty
+    # one file per dataset even when the selection (or a skipped model) leaves it empty
+    every_dataset = sorted(set(_datasets(ablation)) | set(datasets or []))
     everything = options.rows(ablation)
     ablation = headline_rows(everything)  # the oracle (diagnostic) appears in the headline figure only
     save = {"formats": options.formats, "dpi": options.dpi, "width": options.width, "footer": footer}
@@ -356,5 +378,5 @@ def write_figures(
         written += _save(mr_heatmap(ablation, dataset, options.order), out_dir, f"mr_heatmap_{stem}", **save)
         written += _save(recall_bars(ablation, dataset, options.order, options.max_bar_rows), out_dir,
                          f"recall_bars_{stem}", **save)
-    written += _save(headline(everything, reference, names), out_dir, "headline", **save)
+    written += _save(headline(everything, reference, names, skipped), out_dir, "headline", **save)
     return written
