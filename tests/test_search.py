@@ -188,7 +188,8 @@ class _Checker(html.parser.HTMLParser):
 def chromium_dom(page: Path, profile: Path) -> str:
     browser = shutil.which("chromium")
     if browser is None:
-        pytest.fail("chromium is not installed: the gallery test needs a real browser (apt-get install -y chromium)")
+        pytest.fail("chromium is not installed: the gallery test needs a real browser; `make test` installs it when run "
+                    "as root, or: sudo apt-get install -y chromium")
     result = subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
         capture_output=True, text=True, timeout=120, check=False,
