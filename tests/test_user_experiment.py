@@ -46,7 +46,8 @@ def test_the_user_file_gets_the_schema_defaults_and_runs(user_dir):
 def test_naming_both_files_builds_on_the_shipped_experiment(user_dir):
     plan = planned_jobs(snakemake(user_dir, "-n", "--quiet", "rules", "--configfile", str(user_dir / "config.yaml"),
                                   str(user_dir / "my.yaml")))
-    assert plan["fetch_captioner_model"] == 1 and plan["prepare_dataset"] == 2, plan  # sample + mine
+    # the shipped SmolVLM captioner is back (a dry run shows the plan up to its fetch checkpoint)
+    assert plan.get("fetch_captioner_model") == 1, plan
 
 
 @pytest.mark.parametrize("version, broken", [("9.5.0", False), ("9.5.1", True), ("9.11.4", True), ("9.14.7", True),
