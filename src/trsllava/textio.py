@@ -10,8 +10,9 @@ plain UTF-8, LF twin does:
     without a BOM the file must be UTF-8 (no guessing: Latin-1 and UTF-8 overlap, and a wrong
     guess would change caption texts silently);
   - CRLF and lone CR line ends become LF (also inside quoted CSV fields and YAML block scalars);
-  - a file that does not decode is one ``TrsllavaError`` line naming the file, the byte offset and
-    the bytes found there.
+  - a file that does not decode (or, without a BOM, holds a NUL byte: UTF-16 saved without its
+    mark, or a binary file) is one ``TrsllavaError`` line naming the file, the byte offset and the
+    bytes found there.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def decode(data: bytes, source: str) -> str:
         if data.startswith(mark):
             encoding, skip = name, len(mark)
             break
+    if not skip and b"\x00" in data:
+        # no text format trsllava reads holds a NUL byte: this is UTF-16/32 without a BOM, or not text
+        offset = data.index(b"\x00")
+        raise TrsllavaError(
+            f"{source}: not valid UTF-8 text at byte {offset} (a NUL byte: UTF-16 or UTF-32 without a byte-order mark, "
+            "or not a text file): save it as UTF-8"
+        )
     try:
         text = data[skip:].decode(encoding)
     except UnicodeDecodeError as exc:
