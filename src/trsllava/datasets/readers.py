@@ -33,7 +33,9 @@ def read_karpathy(path: Path, default_split: str) -> list[dict]:
     document = read_json(path, "annotation file")
     if not isinstance(document, dict) or not isinstance(document.get("images"), list):
         keys = f" with keys {sorted(document)[:10]}" if isinstance(document, dict) else ""
-        raise TrsllavaError(f"{source}: expected a Karpathy-style object with an 'images' list (found {type_name(document)}{keys})")
+        raise TrsllavaError(
+            f"{source}: expected a Karpathy-style object with an 'images' list (found {type_name(document)}{keys})"
+        )
     records = []
     for position, image in enumerate(document["images"]):
         where = f"images[{position}]"

@@ -53,9 +53,10 @@ def collapse_duplicates(records: list[dict], in_gallery, source: str) -> tuple[l
         if same:
             continue
         if in_gallery(original) and in_gallery(record):
+            what = "splits" if original["split"] != record["split"] else "captions"
             raise TrsllavaError(
-                f"{source}: file name '{name}' is listed twice with different {'splits' if original['split'] != record['split'] else 'captions'} "
-                f"({_describe(original)} and {_describe(record)}); an image must be listed once: remove or rename one entry"
+                f"{source}: file name {name!r} is listed twice with different {what} ({_describe(original)} and "
+                f"{_describe(record)}); an image must be listed once: remove or rename one entry"
             )
         entry["action"] = "kept both: only one copy is in the gallery"
         kept.append(record)
@@ -124,7 +125,7 @@ def describe_report(report: dict) -> list[str]:
         lines.append(f"dataset {name}: {irregular['count']} image(s) have other than {report['captions_per_image']} usable "
                      f"captions (used as they are), e.g. {examples}")
     for filename, entry in list(report["duplicate_filenames"].items())[:EXAMPLES]:
-        lines.append(f"dataset {name}: file name '{filename}' is listed {len(entry['entries'])} times "
+        lines.append(f"dataset {name}: file name {filename!r} is listed {len(entry['entries'])} times "
                      f"({'; '.join(entry['entries'][:3])}): {entry['action']}")
     if len(report["duplicate_filenames"]) > EXAMPLES:
         lines.append(f"dataset {name}: {len(report['duplicate_filenames'])} file names are listed more than once in all "
