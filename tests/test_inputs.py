@@ -117,7 +117,8 @@ def test_import_formats_and_coverage(tmp_path, suffix):
 def test_unreadable_caption_file_is_named(tmp_path):
     path = tmp_path / "caps.jsonl"
     path.write_bytes(b'{"filename": "a.jpg", "text": "ok"}\n\xff\xfe garbage {{{\n')
-    with pytest.raises(TrsllavaError, match=rf"caption file {path}: not readable"):
+    # one line naming the file and the byte offset of the first byte that is not UTF-8
+    with pytest.raises(TrsllavaError, match=rf"caption file {path}: not valid UTF-8 text at byte 36 \(found b'\\xff\\xfe"):
         import_captions(path, "mine", sample_images())
     wrong = tmp_path / "caps.csv"
     wrong.write_text("image,caption\na.jpg,x\n")

@@ -246,7 +246,9 @@ def test_parse_text_prompt(prompts):
 
 
 def test_extract_json_object():
-    assert extract_json_object('prefix {"a": "{b}"} {"c": 1}') == {"a": "{b}"}
+    # two different objects: no telling which is the answer (ambiguous, so none); one repeated is one
+    assert extract_json_object('prefix {"a": "{b}"} {"c": 1}') is None
+    assert extract_json_object('prefix {"a": "{b}"} and again {"a": "{b}"}') == {"a": "{b}"}
     assert extract_json_object("```\n{\"a\": 1}\n```") == {"a": 1}
     assert extract_json_object("[1, 2]") is None
     assert extract_json_object('text {not json} then {"x": {"y": 2}} end') == {"x": {"y": 2}}

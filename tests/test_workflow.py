@@ -115,7 +115,7 @@ def test_report_and_lint(finished_run):
     html = (finished_run / "report.html").read_text(errors="replace")
     for figure in ("mr_heatmap_sample.png", "recall_bars_sample.png", "headline.png", "ablation.csv"):
         assert figure in html, figure
-    assert "manifest.json" in html and "claude-sample.coverage.json" in html
+    assert "manifest.json" in html and "claude-sample.coverage.json" in html and "report.json" in html  # dataset report
     lint = snakemake(finished_run, "--lint")
     assert "Congratulations" in lint.stdout + lint.stderr and "Lints for" not in lint.stdout + lint.stderr
 

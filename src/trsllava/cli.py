@@ -14,16 +14,15 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
-
 from .baselines.open_clip_convert import DEFAULT_TOKENIZER  # a light import: torch loads only when converting
 from .errors import TrsllavaError
+from .textio import read_yaml
 
 
 def _figures(args) -> None:
     from . import steps
 
-    config = yaml.safe_load(Path(args.config).read_text()) if Path(args.config).is_file() else {}
+    config = (read_yaml(args.config, "config") or {}) if Path(args.config).is_file() else {}
     results = Path(args.results or config.get("results", "results"))
     metrics = sorted(results.glob("*/eval/*/*.metrics.parquet"))
     if not metrics:
@@ -58,7 +57,7 @@ def _search(args) -> None:
     config_path = Path(args.config)
     if not config_path.is_file():
         raise TrsllavaError(f"config not found: {config_path} (the config of the run that built the results; --config)")
-    config = yaml.safe_load(config_path.read_text()) or {}
+    config = read_yaml(config_path, "config") or {}
     archive = open_archive(config, str(config_path), Path(args.results) if args.results else None, args.dataset,
                            args.captioner, args.encoder)
     if args.image is not None:

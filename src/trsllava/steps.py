@@ -15,7 +15,8 @@ import polars as pl
 
 from .atomic import write_json, write_parquet
 from .captions.importer import describe_coverage, import_captions
-from .datasets import DatasetSpec, load_dataset
+from .datasets import DatasetSpec, read_dataset
+from .datasets.report import describe_report
 from .encoders import build_encoder, load_representation
 from .encoders.lexical import BM25Encoder
 from .errors import TrsllavaError
@@ -33,16 +34,23 @@ def dataset_spec(config: dict, dataset: str) -> DatasetSpec:
     return DatasetSpec.from_config(dataset, config["datasets"][dataset])
 
 
-def prepare_dataset(config: dict, dataset: str, images_out: Path, references_out: Path) -> None:
+def prepare_dataset(config: dict, dataset: str, images_out: Path, references_out: Path, report_out: Path | None = None) -> None:
+    """The gallery's image and usable reference caption tables, and the annotation report (blank
+    captions, images without a usable caption, irregular counts, duplicates; also in the log)."""
     spec = dataset_spec(config, dataset)
-    images, references = load_dataset(spec)
+    images, references, report = read_dataset(spec)
     log.info(
-        "dataset %s: %d gallery images (%d in split %s), %d reference captions (%d distinct)",
+        "dataset %s: %d gallery images (%d in split %s), %d usable reference captions (%d distinct); "
+        "%d text-to-image and %d image-to-text queries",
         dataset, images.height, images.filter(pl.col("split") == spec.split).height, spec.split,
-        references.height, references["text"].n_unique(),
+        references.height, references["text"].n_unique(), report["queries"]["text_to_image"], report["queries"]["image_to_text"],
     )
+    for line in describe_report(report):
+        log.warning(line)
     write_parquet(images, images_out)
     write_parquet(references, references_out)
+    if report_out is not None:
+        write_json(report, report_out)
 
 
 def caption_file(config: dict, captioner: str, dataset: str) -> Path:

@@ -6,35 +6,91 @@ Every stage reads and writes polars frames with exactly these schemas, so a stag
 
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 from .errors import TrsllavaError
+from .textio import read_json, read_jsonl, read_text, type_name
 
-READERS = {
-    ".jsonl": lambda path: pl.read_ndjson(path, infer_schema_length=None),
-    ".ndjson": lambda path: pl.read_ndjson(path, infer_schema_length=None),
-    ".csv": lambda path: pl.read_csv(path, infer_schema=False),  # all strings: conform() types them
-    ".parquet": pl.read_parquet,
-}
+JSON_ROWS = (".jsonl", ".ndjson", ".json")
+ROW_FORMATS = (*JSON_ROWS, ".csv", ".parquet")
 
 
-def read_rows(path: Path, required: set[str], what: str = "caption file") -> pl.DataFrame:
-    """Read a JSONL, CSV or parquet file of rows with errors that name the file and the columns."""
+@dataclass
+class Records:
+    """The rows of a row file as Python values, with where each came from (for messages)."""
+
+    path: Path
+    what: str  # "caption file", "annotation file", ...
+    rows: list[dict]
+    places: list[str]  # "line 3" (JSON Lines), "item 3" (JSON array), "row 3" (CSV data row, parquet row)
+    header: list[str] | None = None  # the columns of a CSV or parquet file (JSON: the rows' keys)
+
+    def at(self, index: int) -> str:
+        """'<what> <path>, line 7': where row ``index`` is, to start an error message."""
+        return f"{self.what} {self.path}, {self.places[index]}"
+
+    @property
+    def columns(self) -> list[str]:
+        if self.header is not None:
+            return list(self.header)
+        seen: dict[str, None] = {}
+        for row in self.rows:
+            seen.update(dict.fromkeys(row))
+        return list(seen)
+
+
+def read_records(path: Path, what: str = "caption file") -> Records:
+    """Read a row file: JSON Lines (.jsonl, .ndjson), a JSON array of objects (.json), CSV or parquet.
+
+    Text files go through ``textio`` (a byte-order mark and CRLF line ends are accepted). CSV values
+    stay strings and header names are stripped of surrounding spaces. Raises TrsllavaError naming the
+    file (and the line, for JSON) when it is missing, has another extension, or does not parse."""
+    path = Path(path)
     if not path.is_file():
         raise TrsllavaError(f"{what} not found: {path}")
-    reader = READERS.get(path.suffix.lower())
-    if reader is None:
-        raise TrsllavaError(f"{what} {path}: unsupported extension '{path.suffix}' (use one of {sorted(READERS)})")
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        rows, lines = read_jsonl(path, what)
+        return Records(path, what, rows, [f"line {n}" for n in lines])
+    if suffix == ".json":
+        document = read_json(path, what)
+        if not isinstance(document, list) or not all(isinstance(row, dict) for row in document):
+            found = type_name(document) if not isinstance(document, list) else "an array with a non-object item"
+            raise TrsllavaError(f"{what} {path}: expected a JSON array of objects (one per row), found {found}")
+        return Records(path, what, document, [f"item {i}" for i in range(len(document))])
+    if suffix == ".csv":
+        text = read_text(path, what)
+        frame = _polars_read(lambda: pl.read_csv(io.BytesIO(text.encode("utf-8")), infer_schema=False), path, what)
+        names = [name.strip() for name in frame.columns]
+        if len(set(names)) != len(names):
+            raise TrsllavaError(f"{what} {path}: duplicate column names in the header {frame.columns}")
+        frame.columns = names
+    elif suffix == ".parquet":
+        frame = _polars_read(lambda: pl.read_parquet(path), path, what)
+    else:
+        raise TrsllavaError(f"{what} {path}: unsupported extension '{path.suffix}' (use one of {list(ROW_FORMATS)})")
+    rows = _polars_read(frame.to_dicts, path, what)
+    return Records(path, what, rows, [f"row {i + 1}" for i in range(len(rows))], list(frame.columns))
+
+
+def _polars_read(read, path: Path, what: str):
     try:
-        frame = reader(path)
-    except Exception as exc:  # polars raises many kinds of parse errors
-        raise TrsllavaError(f"{what} {path}: not readable: {exc}") from exc
-    missing = required - set(frame.columns)
+        return read()
+    except (Exception, pl.exceptions.PanicException) as exc:  # polars raises many kinds of parse errors (and panics)
+        raise TrsllavaError(f"{what} {path}: not readable: {' '.join(str(exc).split())[:300]}") from None
+
+
+def require_columns(records: Records, required: list[str]) -> None:
+    """TrsllavaError naming the file and the columns found when a required column is missing."""
+    columns = records.columns
+    missing = [name for name in required if name not in columns]
     if missing:
-        raise TrsllavaError(f"{what} {path}: missing column(s) {sorted(missing)}; found {frame.columns}")
-    return frame
+        raise TrsllavaError(f"{records.what} {records.path}: missing column(s) {missing}; found {columns}")
+
 
 # One row per image of a dataset (all splits; evaluation picks its split).
 IMAGES = {

@@ -11,4 +11,5 @@ run(
     dataset=snakemake.wildcards.dataset,
     images_out=snakemake.output.images,
     references_out=snakemake.output.references,
+    report_out=snakemake.output.report,
 )

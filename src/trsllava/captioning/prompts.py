@@ -29,9 +29,9 @@ from typing import Any, Mapping
 
 import jsonschema
 import polars as pl
-import yaml
 
 from ..errors import TrsllavaError
+from ..textio import read_yaml
 
 OUTPUTS = ("text", "json")
 STATUSES = ("ok", "empty", "refused", "invalid_json", "truncated")
@@ -191,10 +191,8 @@ def packaged_prompts() -> dict[str, Prompt]:
         if not item.name.endswith((".yaml", ".yml")):
             continue
         prompt_id = item.name.rsplit(".", 1)[0]
-        try:
-            entry = yaml.safe_load(item.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise _fail(prompt_id, None, f"packaged file {item.name} is not valid YAML: {exc}") from exc
+        with resources.as_file(item) as path:
+            entry = read_yaml(path, f"prompts.{prompt_id}: packaged prompt file")  # BOM and CRLF tolerated
         prompts[prompt_id] = make_prompt(prompt_id, entry, origin="package")
     return prompts
 
@@ -242,31 +240,55 @@ def is_refusal(text: str) -> bool:
 
 
 def extract_json_object(raw: str) -> dict | None:
-    """The first JSON object in ``raw``: the whole text, the content of a ```json fence, or the
-    first ``{...}`` that decodes, with prose before and after ignored. None when there is none."""
+    """The one JSON object in ``raw``, or None when there is none or the answer is ambiguous
+    (two different objects; see ``json_objects``)."""
+    objects = json_objects(raw)
+    return objects[0] if len(objects) == 1 else None
+
+
+def json_objects(raw: str) -> list[dict]:
+    """The distinct JSON objects an answer offers, read as VLMs write it: the whole answer if it is
+    one object; else the objects of its Markdown code fences (```json ... ```), if any decode;
+    else every ``{...}`` that decodes with prose before, between and after. Strings may hold
+    literal control characters (newlines, tabs: ``json.loads(strict=False)``, which Python's json
+    module provides for exactly this). Repeats of one object count once; more than one distinct
+    object means the answer is ambiguous (say an example, then the answer). Nothing is repaired:
+    broken JSON (unbalanced, truncated, single-quoted) is no object."""
     text = raw.strip()
-    candidates = [text]
-    candidates += [match.group(1).strip() for match in _FENCE.finditer(text)]
-    for candidate in candidates:
-        try:
-            value = json.loads(candidate)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(strict=False)
+    whole = _decode_object(text, decoder)
+    if whole is not None:
+        return [whole]
+    fenced = [_decode_object(match.group(1).strip(), decoder) for match in _FENCE.finditer(text)]
+    objects = [value for value in fenced if value is not None] or _top_level_objects(text, decoder)
+    return list({json.dumps(value, sort_keys=True): value for value in objects}.values())
+
+
+def _decode_object(text: str, decoder: json.JSONDecoder) -> dict | None:
+    try:
+        value = decoder.decode(text)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _top_level_objects(text: str, decoder: json.JSONDecoder) -> list[dict]:
+    """Every JSON object that decodes at a ``{`` of ``text`` outside the objects already found,
+    left to right (at most ``_MAX_OBJECT_STARTS`` failed starts, so a long prose answer stays cheap)."""
+    found, failures = [], 0
     start = text.find("{")
-    tries = 0
-    while start != -1 and tries < _MAX_OBJECT_STARTS:
+    while start != -1 and failures < _MAX_OBJECT_STARTS:
         try:
-            value, _end = decoder.raw_decode(text, start)
-        except ValueError:
-            value = None
+            value, end = decoder.raw_decode(text, start)
+        except (ValueError, RecursionError):
+            value, end = None, start + 1
         if isinstance(value, dict):
-            return value
-        tries += 1
-        start = text.find("{", start + 1)
-    return None
+            found.append(value)
+        else:
+            failures += 1
+            end = start + 1
+        start = text.find("{", end)
+    return found
 
 
 def _validator(prompt: Prompt):
@@ -288,7 +310,8 @@ def parse_output(prompt: Prompt, raw: str | None, finish_reason: str | None = No
     Status, checked in this order: ``truncated`` when the answer stopped at max_tokens
     (finish_reason "length", even if what came is empty or happens to parse); ``empty`` for a
     whitespace-only answer; for json prompts ``ok`` when a JSON object (whole answer, fenced, or
-    surrounded by prose) satisfies the schema and every field has text; ``refused`` when the
+    surrounded by prose, literal newlines and tabs inside strings allowed; ``json_objects``)
+    satisfies the schema and every field has text; ``refused`` when the
     answer opens with a refusal phrasing; else ``invalid_json`` (json prompts) or ``ok`` (text
     prompts, fields {None: the stripped answer})."""
     text = (raw or "").strip()
@@ -304,11 +327,14 @@ def parse_output(prompt: Prompt, raw: str | None, finish_reason: str | None = No
             return ParsedOutput({}, "refused", f"refusal: '{_shorten(text)}'")
         return ParsedOutput({None: text}, "ok")
 
-    obj = extract_json_object(text)
-    if obj is None:
+    objects = json_objects(text)
+    if len(objects) > 1:
+        return ParsedOutput({}, "invalid_json", f"ambiguous: {len(objects)} different JSON objects in '{_shorten(text)}'")
+    if not objects:
         if is_refusal(text):
             return ParsedOutput({}, "refused", f"refusal: '{_shorten(text)}'")
         return ParsedOutput({}, "invalid_json", f"no JSON object found in '{_shorten(text)}'")
+    obj = objects[0]
     error = jsonschema.exceptions.best_match(_validator(prompt).iter_errors(obj))
     if error is not None:
         path = "/".join(str(part) for part in error.absolute_path)

@@ -1,8 +1,10 @@
-"""The ``import`` backend: caption sets written by any VLM elsewhere, read from JSONL, CSV or parquet.
+"""The ``import`` backend: caption sets written by any VLM elsewhere, read from JSONL, JSON, CSV or parquet.
 
-Rows are ``{"filename": ..., "text": ...}`` with optional ``prompt``, ``variant`` and ``field``.
-They become rows of the merged caption table (``tables.CAPTIONS``), exactly as the generating
-backends write them, with the import's provenance on each row.
+Rows are ``{"filename": ..., "text": ...}`` with optional ``prompt``, ``variant``, ``field`` and
+``model``, or one of the RSRT layouts of the TRSLLaVA authors' files (``layouts``: grouped by
+image, or one record per variant). They become rows of the merged caption table
+(``tables.CAPTIONS``), exactly as the generating backends write them, with the import's provenance
+on each row.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path, PurePath
 import polars as pl
 
 from .. import __version__
-from ..tables import CAPTIONS, conform, read_rows
+from ..tables import CAPTIONS, conform, read_records
+from .layouts import flat_rows
 
 DEFAULT_PROMPT = "default"
 
@@ -21,18 +24,27 @@ DEFAULT_PROMPT = "default"
 def import_captions(
     path: Path, captioner: str, images: pl.DataFrame, model_id: str | None = None
 ) -> tuple[pl.DataFrame, dict]:
-    """Return (caption table for the gallery ``images``, coverage report)."""
-    raw = read_rows(path, {"filename", "text"})
-    for column, default in (("prompt", DEFAULT_PROMPT), ("variant", None), ("field", None)):
-        if column not in raw.columns:
-            raw = raw.with_columns(pl.lit(default).alias(column))
-    raw = conform(raw.rename({"filename": "image_id"}), {**CAPTIONS, "image_id": pl.String}, f"caption file {path}")
+    """Return (caption table for the gallery ``images``, coverage report).
+
+    ``model_id`` (the config's ``model``) names the model of every row; rows of a file that names
+    its own ``model`` keep it when ``model_id`` is None. Raises TrsllavaError naming the file (and the
+    line or row) when it cannot be read, has no known layout or holds a value of the wrong type."""
+    path = Path(path)
+    columns, layout = flat_rows(read_records(path, "caption file"))
+    raw = pl.DataFrame(
+        columns,
+        schema={"filename": pl.String, "text": pl.String, "prompt": pl.String, "variant": pl.Int64, "field": pl.String,
+                "model": pl.String},
+    ).rename({"filename": "image_id"})
     raw = raw.with_columns(
         pl.col("text").str.strip_chars(),
         pl.col("prompt").fill_null(DEFAULT_PROMPT),
+        (pl.lit(model_id, dtype=pl.String) if model_id is not None else pl.col("model")).alias("model_id"),
     )
-    empty = raw.filter(pl.col("text").is_null() | (pl.col("text") == ""))
-    raw = raw.filter(pl.col("text").is_not_null() & (pl.col("text") != ""))
+    # a text without a letter or digit ("", spaces, "...") is empty, as for human captions (datasets.report)
+    usable = pl.col("text").is_not_null() & pl.col("text").str.contains(r"[\p{L}\p{N}]")
+    empty = raw.filter(~usable)
+    raw = raw.filter(usable)
 
     gallery = set(images["image_id"].to_list())
     raw = raw.with_columns(pl.col("image_id").replace_strict(_gallery_names(raw["image_id"], gallery), default=None).fill_null(pl.col("image_id")))
@@ -43,7 +55,6 @@ def import_captions(
     table = known.with_columns(
         pl.lit(captioner).alias("captioner"),
         pl.lit("import").alias("backend"),
-        pl.lit(model_id).cast(pl.String).alias("model_id"),
         pl.lit(str(path)).alias("source"),
         pl.lit(json.dumps({"trsllava": __version__, "polars": pl.__version__})).alias("versions"),
     )
@@ -53,6 +64,7 @@ def import_captions(
     coverage = {
         "captioner": captioner,
         "source": str(path),
+        "layout": layout,
         "rows_read": raw.height + empty.height,
         "rows_kept": table.height,
         "empty_texts_dropped": empty.height,

@@ -1,14 +1,16 @@
-"""Dataset loading: Karpathy-style annotation JSON, a generic caption file, or the built-in sample.
+"""Dataset loading: Karpathy-style annotation JSON, NWPU-Captions JSON, a generic caption file, or
+the built-in sample (formats in ``readers``).
 
-All three end in the same two tables (``tables.IMAGES`` and ``tables.REFERENCES``) restricted to the
-gallery: the evaluation split, or every split when the whole archive is the gallery. Image files are
-optional (evaluating imported captions needs none); when an image folder is configured every gallery
-image must exist, and a missing one is an error that names it.
+All end in the same two tables (``tables.IMAGES`` and ``tables.REFERENCES``) restricted to the
+gallery: the evaluation split, or every split when the whole archive is the gallery, and in an
+annotation report (``report``: blank captions dropped, images without a usable caption, irregular
+caption counts, duplicate file names). Image files are optional (evaluating imported captions needs
+none); when an image folder is configured every gallery image must exist, and a missing one is an
+error that names it.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -16,7 +18,9 @@ from pathlib import Path
 import polars as pl
 
 from ..errors import TrsllavaError
-from ..tables import IMAGES, REFERENCES, conform, read_rows
+from ..tables import IMAGES, REFERENCES, conform
+from .readers import READERS
+from .report import annotation_report, collapse_duplicates, has_words
 
 BUILTIN_SAMPLE_DIR = Path(str(resources.files("trsllava") / "data" / "sample"))
 BUILTIN_ANNOTATIONS = BUILTIN_SAMPLE_DIR / "dataset_rsicd_sample.json"
@@ -28,11 +32,12 @@ class DatasetSpec:
     """One entry of config.yaml's ``datasets`` (see the config schema for the meaning of each key)."""
 
     name: str
-    format: str  # builtin | karpathy | generic
+    format: str  # builtin | karpathy | generic | nwpu
     annotations: Path | None = None
     images: Path | None = None
     split: str = "test"
     gallery: str = "split"  # split | all
+    captions_per_image: int | None = 5  # expected usable captions per image; None: no check
 
     @classmethod
     def from_config(cls, name: str, entry: dict, base_dir: Path = Path(".")) -> "DatasetSpec":
@@ -47,9 +52,10 @@ class DatasetSpec:
             images=path_of("images"),
             split=entry.get("split", "test"),
             gallery=entry.get("gallery", "split"),
+            captions_per_image=entry.get("captions_per_image", 5),
         )
         if spec.format == "builtin":
-            spec = cls(name, "builtin", BUILTIN_ANNOTATIONS, BUILTIN_IMAGES, spec.split, spec.gallery)
+            spec = cls(name, "builtin", BUILTIN_ANNOTATIONS, BUILTIN_IMAGES, spec.split, spec.gallery, spec.captions_per_image)
         elif spec.annotations is None:
             raise TrsllavaError(f"config: datasets.{name}.annotations is required for format '{spec.format}'")
         return spec
@@ -57,83 +63,66 @@ class DatasetSpec:
 
 def load_dataset(spec: DatasetSpec) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Return (images, references) for the gallery of ``spec``; see the module docstring."""
+    images, references, _ = read_dataset(spec)
+    return images, references
+
+
+def read_dataset(spec: DatasetSpec) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """Return (images, references, annotation report) for the gallery of ``spec``.
+
+    The references hold the usable captions only (``report`` says which were blank and dropped);
+    the report is ``datasets.report.annotation_report`` plus the dataset's name, file, format,
+    split, gallery, duplicate file names and where caption ids came from. Raises TrsllavaError
+    naming the file (and the entry) when the file is missing, malformed, lists one image twice
+    with different captions, or leaves the split without a usable caption."""
+    if spec.format not in READERS:
+        raise TrsllavaError(f"dataset '{spec.name}': unknown format '{spec.format}' (one of {sorted(READERS)})")
     if not spec.annotations.is_file():
         raise TrsllavaError(f"dataset '{spec.name}': annotation file not found: {spec.annotations}")
-    if spec.format in ("karpathy", "builtin"):
-        records = _read_karpathy(spec.annotations)
-    elif spec.format == "generic":
-        records = _read_generic(spec.annotations, spec.split)
-    else:
-        raise TrsllavaError(f"dataset '{spec.name}': unknown format '{spec.format}'")
-    images, references = _tables(records, spec)
-    if images.filter(pl.col("split") == spec.split).is_empty():
+    source = f"annotation file {spec.annotations}"
+    records = READERS[spec.format](spec.annotations, spec.split)
+    if not any(r["split"] == spec.split for r in records):
         found = sorted(set(r["split"] for r in records))
         raise TrsllavaError(
             f"dataset '{spec.name}': no image in split '{spec.split}' of {spec.annotations} (splits present: {found})"
         )
-    return images, references
-
-
-def _read_karpathy(path: Path) -> list[dict]:
-    """Parse and check a Karpathy-style file: {"images": [{"filename", "split", "sentences": [{"raw"}]}]}."""
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TrsllavaError(f"annotation file {path}: not readable as JSON: {exc}") from exc
-    if not isinstance(document, dict) or not isinstance(document.get("images"), list):
+    in_gallery = lambda record: spec.gallery == "all" or record["split"] == spec.split
+    records, duplicates = collapse_duplicates(records, in_gallery, source)
+    gallery = [r for r in records if in_gallery(r)]
+    id_source = _number_captions(gallery)
+    report = {
+        "dataset": spec.name,
+        "format": spec.format,
+        "annotations": str(spec.annotations),
+        "split": spec.split,
+        "gallery": spec.gallery,
+        **annotation_report(gallery, spec.split, spec.captions_per_image),
+        "duplicate_filenames": duplicates,
+        "caption_ids": id_source,
+    }
+    if report["queries"]["text_to_image"] == 0:
         raise TrsllavaError(
-            f"annotation file {path}: expected a Karpathy-style object with an 'images' list "
-            f"(found {type(document).__name__}{' with keys ' + str(sorted(document)) if isinstance(document, dict) else ''})"
+            f"dataset '{spec.name}': no usable caption in split '{spec.split}' of {spec.annotations} "
+            f"({report['split_images']} image(s), {report['captions_listed']} caption(s), none with a letter or digit)"
         )
-    records = []
-    next_caption_id = 0
-    for position, image in enumerate(document["images"]):
-        where = f"annotation file {path}: images[{position}]"
-        if not isinstance(image, dict):
-            raise TrsllavaError(f"{where}: expected an object, found {type(image).__name__}")
-        for key in ("filename", "sentences"):
-            if key not in image:
-                raise TrsllavaError(f"{where}: missing key '{key}'")
-        if not isinstance(image["sentences"], list):
-            raise TrsllavaError(f"{where}.sentences: expected a list")
-        captions = []
-        for index, sentence in enumerate(image["sentences"]):
-            if not isinstance(sentence, dict) or not isinstance(sentence.get("raw"), str):
-                raise TrsllavaError(f"{where}.sentences[{index}]: expected an object with a string 'raw'")
-            caption_id = sentence.get("sentid", next_caption_id)
-            next_caption_id = max(next_caption_id, int(caption_id)) + 1
-            captions.append((int(caption_id), sentence["raw"]))
-        records.append({"filename": str(image["filename"]), "split": str(image.get("split", "test")), "captions": captions})
-    return records
+    images, references = _tables(gallery, spec)
+    return images, references, report
 
 
-def _read_generic(path: Path, default_split: str) -> list[dict]:
-    """A CSV or JSONL file of rows (filename, caption[, split]); several rows per image."""
-    frame = read_rows(path, {"filename", "caption"})
-    if "split" not in frame.columns:
-        frame = frame.with_columns(pl.lit(default_split).alias("split"))
-    frame = frame.select(pl.col("filename", "caption", "split").cast(pl.String))
-    if frame.select(pl.any_horizontal(pl.all().is_null()).any()).item():
-        bad = frame.with_row_index("row").filter(pl.any_horizontal(pl.all().is_null())).get_column("row")[0]
-        raise TrsllavaError(f"caption file {path}: row {bad + 1} has an empty filename, caption or split")
-    records = []
-    for caption_id, ((filename, split), group) in enumerate(
-        frame.with_row_index("caption_id").group_by(["filename", "split"], maintain_order=True)
-    ):
-        records.append(
-            {"filename": filename, "split": split, "captions": list(zip(group["caption_id"].to_list(), group["caption"].to_list()))}
-        )
-    return records
-
-
-def _tables(records: list[dict], spec: DatasetSpec) -> tuple[pl.DataFrame, pl.DataFrame]:
-    gallery = [r for r in records if spec.gallery == "all" or r["split"] == spec.split]
-    seen = set()
+def _number_captions(gallery: list[dict]) -> str:
+    """Give every caption an id: the file's own when each caption has one and no two share it,
+    else the captions' order in the file (the same for every run). Returns which ("file", "file order")."""
+    ids = [cid for r in gallery for cid, _ in r["captions"]]
+    if all(cid is not None for cid in ids) and len(set(ids)) == len(ids):
+        return "file"
+    counter = iter(range(len(ids)))
     for record in gallery:
-        if record["filename"] in seen:
-            raise TrsllavaError(f"dataset '{spec.name}': filename '{record['filename']}' appears twice in {spec.annotations}")
-        seen.add(record["filename"])
-    paths = [_image_path(spec, r["filename"], r["split"]) for r in gallery]
+        record["captions"] = [(next(counter), text) for _, text in record["captions"]]
+    return "file order"
+
+
+def _tables(gallery: list[dict], spec: DatasetSpec) -> tuple[pl.DataFrame, pl.DataFrame]:
+    paths = [_image_path(spec, r) for r in gallery]
     images = pl.DataFrame(
         {
             "image_id": [r["filename"] for r in gallery],
@@ -143,28 +132,33 @@ def _tables(records: list[dict], spec: DatasetSpec) -> tuple[pl.DataFrame, pl.Da
         },
         schema=IMAGES,
     )
+    usable = [(cid, r["filename"], text.strip()) for r in gallery for cid, text in r["captions"] if has_words(text)]
     references = pl.DataFrame(
         {
-            "caption_id": [cid for r in gallery for cid, _ in r["captions"]],
-            "image_id": [r["filename"] for r in gallery for _ in r["captions"]],
-            "text": [text.strip() for r in gallery for _, text in r["captions"]],
+            "caption_id": [cid for cid, _, _ in usable],
+            "image_id": [image for _, image, _ in usable],
+            "text": [text for _, _, text in usable],
         },
         schema=REFERENCES,
     )
-    if references["caption_id"].is_duplicated().any():
-        duplicate = references.filter(pl.col("caption_id").is_duplicated())["caption_id"][0]
-        raise TrsllavaError(f"dataset '{spec.name}': caption id {duplicate} is used twice in {spec.annotations}")
     return conform(images, IMAGES, spec.name), conform(references, REFERENCES, spec.name)
 
 
-def _image_path(spec: DatasetSpec, filename: str, split: str) -> str | None:
-    """Find an image as <images>/<split>/<filename> (RSICD's layout) or <images>/<filename>."""
+def _image_path(spec: DatasetSpec, record: dict) -> str | None:
+    """Find an image as <images>/<split>/<filename> (RSICD's layout), <images>/<class>/<filename>
+    (NWPU-Captions') or <images>/<filename>."""
     if spec.images is None:
         return None
-    for candidate in (spec.images / split / filename, spec.images / filename):
-        if candidate.is_file():
-            return str(candidate)
+    filename = record["filename"]
+    folders = [record["folder"]] if record.get("folder") else [record["split"]]
+    candidates = [spec.images / folder / filename for folder in folders] + [spec.images / filename]
+    for candidate in candidates:
+        try:
+            if candidate.is_file():
+                return str(candidate)
+        except (OSError, ValueError):  # a name the file system cannot hold (too long, NUL) is not there
+            continue
     raise TrsllavaError(
-        f"dataset '{spec.name}': image file '{filename}' (listed in {spec.annotations}) not found "
-        f"as {spec.images / split / filename} or {spec.images / filename}"
+        f"dataset '{spec.name}': image file '{filename}' (listed in {spec.annotations}, {record['where']}) not found "
+        f"as {' or '.join(str(c) for c in candidates)}"
     )

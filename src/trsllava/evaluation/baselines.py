@@ -46,7 +46,7 @@ from ..atomic import write_parquet
 from ..encoders import Representation
 from ..encoders.dense import DenseRepresentation
 from .evaluate import summarize
-from .protocol import Protocol, Settings, _frame, tie_counts
+from .protocol import Protocol, Settings, _frame, query_images, tie_counts
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,6 @@ class Oracle:
         self.image_ids = images["image_id"].to_list()
         image_index = {image_id: i for i, image_id in enumerate(self.image_ids)}
         self.n_images = len(self.image_ids)
-        self.query_images = np.flatnonzero(images["split"].to_numpy() == split)
         text_index = {text: i for i, text in enumerate(rep.texts)}
         refs = references.filter(pl.col("image_id").is_in(self.image_ids)).with_columns(
             pl.col("image_id").replace_strict(image_index, return_dtype=pl.Int64).alias("image"),
@@ -128,6 +127,8 @@ class Oracle:
         self.n_refs = len(self.ref_text)
         self.starts = np.flatnonzero(np.r_[True, self.ref_image[1:] != self.ref_image[:-1]]) if self.n_refs else np.zeros(0, int)
         self.owners = self.ref_image[self.starts]
+        # image-to-text queries: split images with at least one reference caption, as in Protocol
+        self.query_images = query_images(images["split"].to_numpy() == split, self.ref_image)
         self.t2i_queries = np.flatnonzero(np.isin(self.ref_image, self.query_images))
 
     def _row_scores(self, rows: np.ndarray) -> np.ndarray:
@@ -170,8 +171,9 @@ class Oracle:
             relevant = np.zeros((len(rows), self.n_images), dtype=bool)
             relevant[np.arange(len(rows)), self.ref_image[rows]] = True
             for aggregation in self.aggregations:
-                counts = tie_counts(self._images_of(block, aggregation), relevant, self.settings.tie_tolerance)
-                pieces.append(_frame("t2i", self.label, aggregation, self.caption_id[rows].astype(str), counts))
+                ids = self.caption_id[rows].astype(str)
+                counts = tie_counts(self._images_of(block, aggregation), relevant, self.settings.tie_tolerance, ids)
+                pieces.append(_frame("t2i", self.label, aggregation, ids, counts))
             bar.update(len(rows))
         bar.close()
         return pl.concat(pieces)
@@ -199,8 +201,8 @@ class Oracle:
                     else:  # mean over the captions left in
                         values = np.add.reduceat(np.where(kept, block, 0.0), starts, axis=0) / np.maximum(counts, 1)
                     scores[[position[int(o)] for o in owners]] = np.where(counts > 0, values, -np.inf)
-                ties = tie_counts(scores, relevant, self.settings.tie_tolerance)
                 ids = np.array([self.image_ids[i] for i in images], dtype=object).astype(str)
+                ties = tie_counts(scores, relevant, self.settings.tie_tolerance, ids)
                 pieces.append(_frame("i2t", self.label, aggregation, ids, ties))
             bar.update(len(images))
         bar.close()

@@ -86,7 +86,7 @@ class FusedProtocol:
             streams = [p.t2i_scores(queries, v) for p, v in zip(self.protocols, views)]
             for parts in zip(*streams, strict=True):
                 view, aggregation, fused = self._fuse(parts)
-                counts = tie_counts(fused, relevant, FUSED_TIE_TOLERANCE)
+                counts = tie_counts(fused, relevant, FUSED_TIE_TOLERANCE, ids)
                 pieces.append(_frame("t2i", view.label, aggregation, ids, counts))
         return pl.concat(pieces)
 
@@ -99,6 +99,6 @@ class FusedProtocol:
             streams = [p.i2t_scores(images, v) for p, v in zip(self.protocols, views)]
             for parts in zip(*streams, strict=True):
                 view, aggregation, fused = self._fuse(parts)
-                counts = tie_counts(fused, relevant, FUSED_TIE_TOLERANCE)
+                counts = tie_counts(fused, relevant, FUSED_TIE_TOLERANCE, ids)
                 pieces.append(_frame("i2t", view.label, aggregation, ids, counts))
         return pl.concat(pieces)

@@ -91,7 +91,6 @@ class Protocol:
         self.image_ids = images["image_id"].to_list()
         self.image_index = {image_id: i for i, image_id in enumerate(self.image_ids)}
         self.n_images = len(self.image_ids)
-        self.query_images = np.flatnonzero(images["split"].to_numpy() == split)
         self.reference_rep = reference_rep
         self.generated_rep = generated_rep
         self.gen_index = {text: i for i, text in enumerate(generated_rep.texts)}
@@ -101,6 +100,9 @@ class Protocol:
         self.ref_caption_id = references["caption_id"].to_numpy()
         self.ref_text = references["text"].replace_strict(ref_index, return_dtype=pl.Int64).to_numpy()
         self.ref_image = references["image_id"].replace_strict(self.image_index, return_dtype=pl.Int64).to_numpy()
+        # image-to-text queries: split images with at least one reference caption (a query needs a
+        # relevant item; an image whose captions were all blank is a gallery image only)
+        self.query_images = query_images(images["split"].to_numpy() == split, self.ref_image)
         is_query = np.isin(self.ref_image, self.query_images)
         self.t2i_queries = np.flatnonzero(is_query)  # reference rows that are text-to-image queries
 
@@ -119,7 +121,7 @@ class Protocol:
             relevant = self.t2i_relevant(queries)
             ids = self.ref_caption_id[queries].astype(str)
             for view, aggregation, scores in self.t2i_scores(queries, views):
-                counts = tie_counts(scores, relevant, self.settings.tie_tolerance)
+                counts = tie_counts(scores, relevant, self.settings.tie_tolerance, ids)
                 pieces.append(_frame("t2i", view.label, aggregation, ids, counts))
         return pl.concat(pieces)
 
@@ -176,7 +178,7 @@ class Protocol:
             relevant = self.i2t_relevant(images)
             ids = np.array([self.image_ids[i] for i in images], dtype=object).astype(str)
             for view, aggregation, scores in self.i2t_scores(images, views):
-                counts = tie_counts(scores, relevant, self.settings.tie_tolerance)
+                counts = tie_counts(scores, relevant, self.settings.tie_tolerance, ids)
                 pieces.append(_frame("i2t", view.label, aggregation, ids, counts))
         return pl.concat(pieces)
 
@@ -219,8 +221,26 @@ class Protocol:
                 yield view, aggregation, scores
 
 
-def tie_counts(scores: np.ndarray, relevant: np.ndarray, tolerance: float) -> tuple[np.ndarray, ...]:
-    """Per row: (above, tied_other, tied_relevant) around the best relevant score (see metrics)."""
+def query_images(in_split: np.ndarray, ref_image: np.ndarray) -> np.ndarray:
+    """Gallery indices of the image-to-text query images: ``in_split`` (bool per gallery image) and
+    owning at least one reference caption (``ref_image``: gallery index of each reference row)."""
+    referenced = np.zeros(len(in_split), dtype=bool)
+    referenced[np.asarray(ref_image, dtype=np.int64)] = True
+    return np.flatnonzero(in_split & referenced)
+
+
+def tie_counts(scores: np.ndarray, relevant: np.ndarray, tolerance: float, queries=None) -> tuple[np.ndarray, ...]:
+    """Per row: (above, tied_other, tied_relevant) around the best relevant score (see metrics).
+
+    Every row must have a relevant item: recall is undefined for a query without one, which would
+    otherwise count as a silent miss. A row without raises AssertionError naming the ``queries``
+    (ids of the rows) concerned."""
+    lacking = ~np.asarray(relevant).any(axis=1)
+    if lacking.any():
+        rows = np.flatnonzero(lacking)
+        names = [str(queries[i]) for i in rows[:5]] if queries is not None else [f"row {i}" for i in rows[:5]]
+        raise AssertionError(f"{len(rows)} of {len(lacking)} queries have no relevant item (e.g. {', '.join(names)}): "
+                             "such a query must not be evaluated")
     best = np.where(relevant, scores, -np.inf).max(axis=1, keepdims=True)
     above = scores > best + tolerance
     tied = (scores >= best - tolerance) & ~above
