@@ -35,7 +35,7 @@ def _figures(args) -> None:
 def _summary(args) -> None:
     from .reporting.summary import run_summary
 
-    config = yaml.safe_load(Path(args.config).read_text(encoding="utf-8-sig")) if Path(args.config).is_file() else {}
+    config = read_yaml(args.config, "config") if Path(args.config).is_file() else {}
     results = Path(args.results or (config or {}).get("results", "results"))
     if not (results / "ablation.parquet").is_file():
         raise TrsllavaError(f"no ablation table under {results} (run the workflow first: snakemake --cores N)")
