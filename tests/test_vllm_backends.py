@@ -216,7 +216,19 @@ def test_openai_payload_and_redaction(monkeypatch):
     assert payload["n"] == 2 and payload["max_tokens"] == 7 and payload["temperature"] == 1.0
     assert payload["response_format"] == {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
     image, text = payload["messages"][0]["content"]
-    assert image["image_url"]["url"].startswith("data:image/jpeg;base64,")
+    # the pixels of the one image loader, re-encoded losslessly: never the raw file
+    prefix = "data:image/png;base64,"
+    assert image["image_url"]["url"].startswith(prefix)
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from trsllava.images import load_rgb
+
+    sent = Image.open(io.BytesIO(base64.b64decode(image["image_url"]["url"][len(prefix):])))
+    assert np.array_equal(np.asarray(sent), np.asarray(load_rgb(request.image_path)))
     assert text == {"type": "text", "text": "Describe."}
     assert payload["seed"] != backend._payload(request, 1)["seed"]
     greedy = backend._payload(GenerationRequest(request.image_path, "x"), 0)
