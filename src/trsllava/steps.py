@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .atomic import write_json, write_parquet
+from .atomic import atomic_directory, write_json, write_parquet
 from .captions.importer import describe_coverage, import_captions
 from .datasets import DatasetSpec, load_dataset
 from .encoders import build_encoder, load_representation
@@ -183,20 +183,20 @@ def embed_texts(config: dict, encoder_name: str, table: Path, out_dir: Path) -> 
     encoder = build_encoder(encoder_name, config["encoders"][encoder_name])
     texts = unique_texts(table)
     log.info("encoder %s: %d distinct texts from %s", encoder_name, len(texts), table)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    encoder.represent(texts, Path(out_dir))
+    with atomic_directory(out_dir) as building:  # a killed or failed job leaves no partial cache
+        encoder.represent(texts, building)
 
 
 def build_faiss_index(config: dict, encoder_name: str, captions_rep: Path, references_rep: Path, out_dir: Path) -> None:
     entry = config["encoders"][encoder_name]
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    if isinstance(build_encoder(encoder_name, entry), BM25Encoder):
-        # lexical search uses the bm25s index saved with the representation; FAISS is for vectors
-        write_json({"type": "bm25", "index": str(Path(captions_rep) / "bm25")}, Path(out_dir) / "index.json")
-        return
-    captions = load_representation(encoder_name, entry, captions_rep)
-    queries = load_representation(encoder_name, entry, references_rep)
-    write_index(np.asarray(captions.vectors), np.asarray(queries.vectors), config.get("index", {}), Path(out_dir))
+    with atomic_directory(out_dir) as building:  # a killed or failed job leaves no partial index folder
+        if isinstance(build_encoder(encoder_name, entry), BM25Encoder):
+            # lexical search uses the bm25s index saved with the representation; FAISS is for vectors
+            write_json({"type": "bm25", "index": str(Path(captions_rep) / "bm25")}, building / "index.json")
+            return
+        captions = load_representation(encoder_name, entry, captions_rep)
+        queries = load_representation(encoder_name, entry, references_rep)
+        write_index(np.asarray(captions.vectors), np.asarray(queries.vectors), config.get("index", {}), building)
 
 
 def evaluation_settings(config: dict) -> Settings:
@@ -291,8 +291,9 @@ def clip_embed(config: dict, dataset: str, model_name: str, images: Path, refere
     from .images import ImageLoader, ImageOptions
 
     entry = config["baselines"]["clip"]["models"][model_name]
-    embed_dataset(model_name, entry, pl.read_parquet(images), pl.read_parquet(references), Path(out_dir),
-                  ImageLoader(ImageOptions.from_config(config)))
+    with atomic_directory(out_dir) as building:
+        embed_dataset(model_name, entry, pl.read_parquet(images), pl.read_parquet(references), building,
+                      ImageLoader(ImageOptions.from_config(config)))
 
 
 def clip_evaluate(config: dict, dataset: str, model_name: str, inputs: dict, metrics_out: Path, ranks_out: Path) -> None:

@@ -11,6 +11,8 @@ def _check_fusions():
     import sys
 
     sys.path.insert(0, f"{workflow.basedir}/src")
+    import os
+
     from trsllava.errors import TrsllavaError
     from trsllava.evaluation.fusion_spec import check_fusions
 
@@ -23,6 +25,42 @@ def _check_fusions():
 _check_fusions()
 
 R = config["results"]
+
+
+# One run at a time per results folder (trsllava.results_lock): Snakemake's own lock covers the
+# working directory only, and two working directories may share one `results:`. Taken when jobs are
+# about to run (not for -n, --unlock, --report, --lint, nor in cluster jobs: --no-hooks), released
+# when the run ends; the kernel releases it too if Snakemake is killed.
+def _results_lock():
+    import sys
+
+    sys.path.insert(0, f"{workflow.basedir}/src")
+    from trsllava.results_lock import ResultsLock
+
+    return ResultsLock(R)
+
+
+RESULTS_LOCK = _results_lock()
+
+
+onstart:
+    import os
+
+    from trsllava.errors import TrsllavaError
+
+    try:
+        RESULTS_LOCK.acquire(os.getcwd())
+    except TrsllavaError as error:
+        raise WorkflowError(f"trsllava: {error}") from None
+
+
+onsuccess:
+    RESULTS_LOCK.release()
+
+
+onerror:
+    RESULTS_LOCK.release()
+
 NAME = "[A-Za-z0-9][A-Za-z0-9_.-]*"
 
 
