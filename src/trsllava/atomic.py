@@ -50,6 +50,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, final)
+    except OSError as exc:  # a full disk, a file size limit, ...: say which output, and that nothing half is kept
+        message = f"{final} not written, any earlier version is kept: {exc.strerror or exc}"
+        raise (OSError(exc.errno, message) if exc.errno else OSError(message)) from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
