@@ -290,3 +290,17 @@ def test_options_from_config_and_fingerprint():
     assert base["loader"] == LOADER_VERSION
     assert len({str(base), str(ImageLoader(max_side=512).fingerprint()),
                 str(ImageLoader(ImageOptions(stretch="percentile")).fingerprint())}) == 3
+
+
+def test_c05_padding_is_what_qwen2_vl_needs():
+    """Qwen2-VL's image processor (as transformers and vLLM run it; no weights needed) refuses an
+    aspect ratio over 200: the raw 499 x 1 sliver fails, the loaded (padded) one is processed."""
+    from transformers import Qwen2VLImageProcessor
+
+    processor = Qwen2VLImageProcessor()
+    raw = Image.open(CASES / "C05" / "sliver_499x1.png").convert("RGB")
+    with pytest.raises(ValueError, match="aspect ratio must be smaller than 200"):
+        processor(images=[raw], return_tensors="np")
+    for name in ("sliver_499x1.png", "dot_1x1.png", "strip_22x3.png", "ok_64x64.png"):
+        out = processor(images=[load_rgb(CASES / "C05" / name)], return_tensors="np")
+        assert out["pixel_values"].shape[0] > 0 and out["image_grid_thw"].shape == (1, 3)
