@@ -61,7 +61,7 @@ def test_corrupt_files_are_listed_failures_and_the_run_finishes(models, tmp_path
     quality_path = results / "captions" / "tiny.quality.json"
     clip_report = results / "baselines" / "clip" / "tiny" / "embeddings" / "quality.json"
     lines = [line for line in refused.stderr.splitlines() if line.startswith("trsllava: ")]
-    assert any(f"captioner 'tiny' on dataset 'c06': 2 of 5 images (40.0%)" in line and str(quality_path) in line
+    assert any("captioner 'tiny' on dataset 'c06': 2 of 5 images (40.0%)" in line and str(quality_path) in line
                and "captioners.tiny.max_failure_share (5.0%)" in line for line in lines), refused.stderr[-3000:]
     assert any("CLIP baseline 'tiny' on dataset 'c06': 2 of 5 images" in line and str(clip_report) in line
                for line in lines), refused.stderr[-3000:]

@@ -81,17 +81,6 @@ rule caption_shard:
         "../scripts/caption_shard.py"
 
 
-def caption_shard_files(w):
-    return [
-        f"{R}/{w.dataset}/captions/{w.captioner}/shard-{i}-of-{n_shards(w.captioner)}.json"
-        for i in range(n_shards(w.captioner))
-    ]
-
-
-def max_failure_share(w):
-    return float(config["captioners"][w.captioner].get("max_failure_share", 0.05))
-
-
 rule caption_quality:
     """The quality report of a captioner's shards: statuses per prompt, failures by image, and the
     images that could not be captioned (unreadable file, backend error) with their reasons. Its own

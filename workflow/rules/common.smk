@@ -108,6 +108,19 @@ def n_shards(captioner):
     return int(config["captioners"][captioner].get("shards", 1))
 
 
+def caption_shard_files(w):
+    """The shard outputs of a generating captioner on a dataset (its configured number of shards)."""
+    return [
+        f"{R}/{w.dataset}/captions/{w.captioner}/shard-{i}-of-{n_shards(w.captioner)}.json"
+        for i in range(n_shards(w.captioner))
+    ]
+
+
+def max_failure_share(w):
+    """captioners.<name>.max_failure_share: the share of images that may fail before the merge refuses."""
+    return float(config["captioners"][w.captioner].get("max_failure_share", 0.05))
+
+
 def grid():
     """Every (dataset, captioner, encoder) evaluation."""
     return [(d, c, e) for d, c in caption_sets() for e in config["encoders"]]

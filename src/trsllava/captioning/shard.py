@@ -25,7 +25,8 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -134,7 +135,7 @@ class ShardRun:
     sampling: dict  # what the backend was configured with (max_tokens, temperature, seed, ...)
     batch_size: int = 4
     loader: ImageLoader | None = None
-    _errors_in_a_row: int = field(default=0, init=False, repr=False)
+    _errors_in_a_row: int = dataclasses.field(default=0, init=False, repr=False)
 
     def __post_init__(self):
         if self.loader is None:
