@@ -230,6 +230,17 @@ def test_large_scene_downscaled_or_refused_never_a_bomb_error(tmp_path, monkeypa
         assert "images.max_pixels (6,000)" in message
 
 
+def test_oversize_16bit_png_and_tiff_are_refused_before_decoding(tmp_path):
+    data = np.full((60, 50, 3), 1000, dtype=np.uint16)
+    write_png16(tmp_path / "big16.png", data)
+    tifffile.imwrite(tmp_path / "big16.tif", data, photometric="rgb")
+    for name in ("big16.png", "big16.tif"):
+        with pytest.raises(TrsllavaError, match=r"50 x 60 pixels \(3,000\) exceed images.max_pixels \(1,000\)"):
+            load_rgb(tmp_path / name, options=ImageOptions(max_pixels=1000, oversize="refuse"))
+        small = load_rgb(tmp_path / name, options=ImageOptions(max_pixels=1000, min_side=1))
+        assert small.width * small.height <= 1000 and (np.asarray(small) == round(1000 * 255 / 1023)).all()
+
+
 def test_max_side_caps_the_longer_side():
     image = load_rgb(CASES / "C05" / "ok_64x64.png", max_side=32)
     assert image.size == (32, 32)

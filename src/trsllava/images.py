@@ -152,7 +152,7 @@ def load_rgb(path: str | Path, *, options: ImageOptions = DEFAULT_OPTIONS, max_s
         raise TrsllavaError(f"image {path}: cannot be read: {exc}") from exc
     try:
         if _is_16bit_colour_png(head):
-            image = _from_array(*_read_png16(path), path, options)
+            image = _from_array(*_read_png16(path, options), path, options)
         elif head.startswith(TIFF_SIGNATURES) and _tiff_needs_tifffile(path):
             image = _from_array(*_read_tiff(path, options), path, options)
         else:
@@ -189,13 +189,14 @@ def _is_16bit_colour_png(head: bytes) -> bool:
     return head.startswith(PNG_SIGNATURE) and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 4, 6)
 
 
-def _read_png16(path: Path) -> tuple[np.ndarray, bool, int]:
+def _read_png16(path: Path, options: ImageOptions) -> tuple[np.ndarray, bool, int]:
     """(H x W x C uint16 array, has alpha, orientation) of a 16-bit colour PNG, through pypng."""
     try:
         import png
     except ImportError as exc:
         raise TrsllavaError(f"image {path}: a 16-bit colour PNG needs the pypng package (pip install pypng)") from exc
-    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()  # rows are decoded lazily
+    _check_pixels(width, height, path, options)
     planes = info["planes"]
     array = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes)
     return array, bool(info.get("alpha")), 1
