@@ -6,8 +6,8 @@ work. The workflow therefore holds ``<results>/.trsllava.lock`` while it runs (`
 second run refuses at start in one line naming the run that holds it.
 
 The lock is a kernel advisory lock (``fcntl.flock``) on that file, held by the Snakemake process:
-it is released when the run ends, however it ends (``onsuccess``/``onerror``, a crash, SIGKILL), so
-no stale lock survives a killed run on the same machine; the file itself stays and records the last
+the kernel releases it when that process exits, however it exits (success, error, a crash,
+SIGKILL), so no stale lock survives a killed run on the same machine; the file itself stays and records the last
 holder. On a network file system whose lock service lost track of a crashed client the message
 says how to recover (make sure no run is active, delete the file). Where the file system cannot
 lock at all, a warning says so and the run goes on unguarded.

@@ -29,8 +29,9 @@ R = config["results"]
 
 # One run at a time per results folder (trsllava.results_lock): Snakemake's own lock covers the
 # working directory only, and two working directories may share one `results:`. Taken when jobs are
-# about to run (not for -n, --unlock, --report, --lint, nor in cluster jobs: --no-hooks), released
-# when the run ends; the kernel releases it too if Snakemake is killed.
+# about to run (not for -n, --unlock, --report, --lint, nor in cluster jobs: --no-hooks) and held by
+# the Snakemake process until it exits, however it exits (success, error, SIGKILL): the kernel
+# releases it, so no onsuccess/onerror handler is needed (or could be overridden by another one).
 def _results_lock():
     import sys
 
@@ -53,13 +54,6 @@ onstart:
     except TrsllavaError as error:
         raise WorkflowError(f"trsllava: {error}") from None
 
-
-onsuccess:
-    RESULTS_LOCK.release()
-
-
-onerror:
-    RESULTS_LOCK.release()
 
 NAME = "[A-Za-z0-9][A-Za-z0-9_.-]*"
 
