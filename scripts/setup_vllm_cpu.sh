@@ -53,7 +53,7 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 "$VENV/bin/python" "$ROOT/scripts/patch_torchvision.py"
 # our package, without its heavy dependencies (snakemake, sentence-transformers, faiss...):
 # only what the captioning modules and the tests import
-"${PIP[@]}" polars pyyaml jsonschema tqdm pillow pytest httpx openai "torch==$TORCH_VERSION"
+"${PIP[@]}" polars pyyaml jsonschema tqdm pillow tifffile pypng pytest httpx openai "torch==$TORCH_VERSION"
 "${PIP[@]}" -e "$ROOT" --no-deps   # last: with --no-deps pip does not report the missing extras
 
 if check; then

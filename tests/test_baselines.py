@@ -5,7 +5,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from test_workflow import snakemake, write_config
+from test_workflow import ROOT, snakemake, write_config
 from trsllava.baselines.clip import embed_dataset, embed_images, embed_texts, load_clip
 from trsllava.baselines.tiny_clip import build_tiny_clip
 from trsllava.datasets import DatasetSpec, load_dataset
@@ -43,18 +43,18 @@ def test_tiny_clip_embeddings_are_normalised_and_deterministic(tiny_clip, tmp_pa
     images, references = load_dataset(DatasetSpec.from_config("sample", {"format": "builtin"}))
     model, processor, device = load_clip({"model": str(tiny_clip), "device": "cpu"})
     paths = images["path"].to_list()[:5]
-    vectors = embed_images(model, processor, device, paths, batch_size=2)
+    vectors, _ = embed_images(model, processor, device, paths, batch_size=2)
     assert vectors.shape == (5, 16) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert not np.allclose(vectors[0], vectors[1])  # different images, different vectors
-    np.testing.assert_allclose(embed_images(model, processor, device, paths, batch_size=5), vectors, atol=1e-5)
+    np.testing.assert_allclose(embed_images(model, processor, device, paths, batch_size=5)[0], vectors, atol=1e-5)
     texts = references["text"].to_list()[:4] + ["x" * 500]  # longer than the 77-token context: truncated
     text_vectors = embed_texts(model, processor, device, texts, batch_size=3)
     assert text_vectors.shape == (5, 16)
     np.testing.assert_allclose(np.linalg.norm(text_vectors, axis=1), 1.0, atol=1e-5)
     # the same seed writes the same weights: a rebuilt model gives the same embeddings
     again = load_clip({"model": str(build_tiny_clip(tmp_path / "again")), "device": "cpu"})
-    np.testing.assert_allclose(embed_images(*again, paths), vectors, atol=1e-6)
+    np.testing.assert_allclose(embed_images(*again, paths)[0], vectors, atol=1e-6)
 
     embed_dataset("tiny", {"model": str(tiny_clip), "device": "cpu"}, images.head(3), references, tmp_path / "emb")
     image_rep = DenseRepresentation.load(tmp_path / "emb" / "images")
@@ -214,7 +214,8 @@ def test_clip_rows_match_a_direct_computation(baseline_run, tiny_clip):
     images = pl.read_parquet(results / "dataset" / "images.parquet")
     references = pl.read_parquet(results / "dataset" / "references.parquet")
     model, processor, device = load_clip({"model": str(tiny_clip), "device": "cpu"})
-    image_vecs = embed_images(model, processor, device, images["path"].to_list())
+    image_vecs, failures = embed_images(model, processor, device, images["path"].to_list())
+    assert failures == []
     ref_vecs = embed_texts(model, processor, device, references["text"].to_list())
     naive = naive_evaluate(ref_vecs, references["image_id"].to_list(), image_vecs, images["image_id"].to_list(),
                            images["image_id"].to_list())
@@ -223,11 +224,15 @@ def test_clip_rows_match_a_direct_computation(baseline_run, tiny_clip):
         assert row[key] == pytest.approx(value, abs=0.01), key
 
 
-def test_clip_names_a_corrupt_image(tmp_path):
+def test_clip_lists_an_unreadable_image_instead_of_failing(tiny_clip, tmp_path):
     from trsllava.baselines.clip import embed_images
-    from trsllava.errors import TrsllavaError
 
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
-    with pytest.raises(TrsllavaError, match=f"cannot read image {broken}"):
-        embed_images(None, None, "cpu", [str(broken)])
+    good = [str(p) for p in sorted((ROOT / "src" / "trsllava" / "data" / "sample" / "images").glob("*.jpg"))[:2]]
+    model, processor, device = load_clip({"model": str(tiny_clip), "device": "cpu"})
+    vectors, failures = embed_images(model, processor, device, [good[0], str(broken), good[1]], batch_size=2)
+    assert vectors.shape[0] == 2
+    assert [(f["index"], f["path"]) for f in failures] == [(1, str(broken))] and "broken.jpg" in failures[0]["reason"]
+    alone, _ = embed_images(model, processor, device, good)
+    assert np.allclose(vectors, alone, atol=1e-6)  # the readable images' vectors do not depend on the bad one

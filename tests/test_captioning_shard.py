@@ -77,18 +77,20 @@ def test_shard_rows_and_quality_report(backend, images, tmp_path):
 
 
 def test_killed_shard_resumes_without_recomputing(backend, images, tmp_path):
-    reference = ShardRun(backend, prompts(), SAMPLING, batch_size=2).run(images, tmp_path / "whole.jsonl")
+    # separate folders: every progress file of a folder counts as finished work
+    reference = ShardRun(backend, prompts(), SAMPLING, batch_size=2).run(images, tmp_path / "a" / "whole.jsonl")
 
+    resumed_path = tmp_path / "b" / "resumed.jsonl"
     dying = CountingBackend(backend, die_after=3)
     with pytest.raises(KeyboardInterrupt):
-        ShardRun(dying, prompts(), SAMPLING, batch_size=2).run(images, tmp_path / "resumed.jsonl")
-    finished_before = {(r["image_id"], r["prompt"]) for r in read_progress(tmp_path / "resumed.jsonl")}
+        ShardRun(dying, prompts(), SAMPLING, batch_size=2).run(images, resumed_path)
+    finished_before = {(r["image_id"], r["prompt"]) for r in read_progress(resumed_path)}
     assert 0 < len(finished_before) < 8
-    with open(tmp_path / "resumed.jsonl", "a") as handle:
+    with open(resumed_path, "a") as handle:
         handle.write('{"key": "torn')  # killed in the middle of a write
 
     again = CountingBackend(backend)
-    resumed = ShardRun(again, prompts(), SAMPLING, batch_size=2).run(images, tmp_path / "resumed.jsonl")
+    resumed = ShardRun(again, prompts(), SAMPLING, batch_size=2).run(images, resumed_path)
     # every job not finished before the kill is run again, and no finished one is
     redone = {(r["image_id"], r["prompt"]) for r in resumed} - finished_before
     assert len(redone) == 8 - len(finished_before) and len(again.calls) >= len(redone)

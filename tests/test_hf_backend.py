@@ -74,17 +74,16 @@ def test_stop_and_length_finish_reasons(backend):
     assert all(r.finish_reasons == ["length"] and r.completion_tokens == 8 for r in others)
 
 
-def test_image_downscaling():
+def test_image_downscaling(tiny_llava):
     from PIL import Image
-
-    from trsllava.captioning.hf_backend import _load_image
 
     path = IMAGES / NAMES[0]
     with Image.open(path) as original:
         width, height = original.size
-    assert max(_load_image(str(path), None).size) == max(width, height)
-    small = _load_image(str(path), 32)
-    assert small.mode == "RGB" and max(small.size) == 32
+    full = TransformersBackend(str(tiny_llava), max_new_tokens=2).image_loader.load(path)
+    assert max(full.size) == max(width, height)
+    small = TransformersBackend(str(tiny_llava), max_new_tokens=2, max_image_side=48).image_loader.load(path)
+    assert small.mode == "RGB" and max(small.size) == 48
 
 
 def test_missing_image_names_the_path(backend, tmp_path):

@@ -306,7 +306,8 @@ def test_quality_report_counts():
     assert set(report) == {"rsrt", "query"}
     rsrt = report["rsrt"]
     assert rsrt["outputs"] == 7 and rsrt["images"] == 4
-    assert rsrt["status"] == {"ok": 4, "empty": 0, "refused": 1, "invalid_json": 1, "truncated": 1}
+    assert rsrt["status"] == {"ok": 4, "empty": 0, "refused": 1, "invalid_json": 1, "truncated": 1,
+                              "unreadable": 0, "error": 0}
     assert rsrt["ok_rate"] == round(4 / 7, 4)
     assert rsrt["retried"] == 2 and rsrt["retried_ok"] == 1
     across = rsrt["duplicates"]["across_images"]
@@ -319,7 +320,8 @@ def test_quality_report_counts():
         {"image_id": "d.jpg", "variant": 0, "status": "truncated", "detail": "stopped at max_tokens"},
     ]
     query = report["query"]
-    assert query["status"] == {"ok": 2, "empty": 1, "refused": 0, "invalid_json": 0, "truncated": 0}
+    assert query["status"] == {"ok": 2, "empty": 1, "refused": 0, "invalid_json": 0, "truncated": 0,
+                               "unreadable": 0, "error": 0}
     assert query["retried"] == 0
     assert query["duplicates"]["across_images"]["texts"] == 1
     assert query["failures"] == [{"image_id": "c.jpg", "variant": None, "status": "empty", "detail": "the answer is empty"}]

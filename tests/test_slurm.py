@@ -29,7 +29,7 @@ RUN_TIMEOUT_S = 600
 # every job of the test config; local rules stay out of SLURM: `all` (no action), fetch_captioner_model
 # (login nodes reach the hub, compute nodes often do not) and manifest
 EXPECTED_JOBS = Counter({
-    "prepare_dataset": 1, "import_captions": 1, "caption_shard": 2, "merge_captions": 1,
+    "prepare_dataset": 1, "import_captions": 1, "caption_shard": 2, "caption_quality": 1, "merge_captions": 1,
     "embed_references": 1, "embed_captions": 2, "build_index": 2, "evaluate": 2, "ablation": 1,
     "draw_figures": 1,
 })

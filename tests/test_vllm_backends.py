@@ -25,7 +25,7 @@ from trsllava.errors import TrsllavaError
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "vllm_driver.py"
 IMAGES = ROOT / "src" / "trsllava" / "data" / "sample" / "images"
-DRIVER_TIMEOUT_S = 420
+DRIVER_TIMEOUT_S = 600
 DESCRIBE_KEYS = {"backend", "model_id", "model_revision", "dtype", "device"}
 TEXT_TOKENS = 16  # max_tokens of the driver's free-text runs
 
@@ -129,7 +129,29 @@ def test_offline_structured_output_follows_the_rsrt_schema(summary):
     check_json(out, summary["rsrt_schema"])
 
 
+def test_offline_captions_degenerate_sizes_and_lists_corrupt_files(summary):
+    """C05 and C06 on the real engine through the captioning shard: 1 x 1, 499 x 1 and 22 x 3 images
+    are captioned after padding, 12-bit data too; the truncated and the fake JPEG are listed."""
+    cases = phase(summary, "offline")["cases"]
+    readable = ["dot_1x1.png", "sliver_499x1.png", "strip_22x3.png", "ok_64x64.png", "pan_12bit.png"]
+    assert sorted(cases) == sorted(readable + ["harbor_2.jpg", "notes.jpg"])
+    for name in readable:
+        assert cases[name]["status"] in ("ok", "truncated", "empty"), (name, cases[name])  # an answer (random model)
+    assert cases["harbor_2.jpg"]["status"] == "unreadable" and "truncated or corrupt" in cases["harbor_2.jpg"]["detail"]
+    assert cases["notes.jpg"]["status"] == "unreadable" and "not an image file" in cases["notes.jpg"]["detail"]
+    assert "unpadded" in phase(summary, "offline")  # recorded either way (README: what vLLM does without padding)
+
+
 # ----------------------------------------------------------------------------- vllm serve API
+
+
+def test_server_captions_degenerate_sizes_and_high_bit_depth(summary):
+    cases = phase(summary, "server")["cases"]
+    assert len(cases) == 5
+    for result in cases:
+        assert len(result["texts"]) == 1 and result["finish_reasons"][0] in ("stop", "length")
+        assert result["prompt_tokens"] > 16
+
 
 
 def test_server_n_samples_concurrently(summary):
@@ -216,7 +238,19 @@ def test_openai_payload_and_redaction(monkeypatch):
     assert payload["n"] == 2 and payload["max_tokens"] == 7 and payload["temperature"] == 1.0
     assert payload["response_format"] == {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
     image, text = payload["messages"][0]["content"]
-    assert image["image_url"]["url"].startswith("data:image/jpeg;base64,")
+    # the pixels of the one image loader, re-encoded losslessly: never the raw file
+    prefix = "data:image/png;base64,"
+    assert image["image_url"]["url"].startswith(prefix)
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from trsllava.images import load_rgb
+
+    sent = Image.open(io.BytesIO(base64.b64decode(image["image_url"]["url"][len(prefix):])))
+    assert np.array_equal(np.asarray(sent), np.asarray(load_rgb(request.image_path)))
     assert text == {"type": "text", "text": "Describe."}
     assert payload["seed"] != backend._payload(request, 1)["seed"]
     greedy = backend._payload(GenerationRequest(request.image_path, "x"), 0)

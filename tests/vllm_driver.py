@@ -38,6 +38,11 @@ for _name in ("NO_PROXY", "no_proxy"):  # the server is on loopback: never throu
 
 IMAGES = ROOT / "src" / "trsllava" / "data" / "sample" / "images"
 NAMES = ["airport_4.jpg", "beach_4.jpg", "bridge_4.jpg"]
+CASES = ROOT / "tests" / "data" / "cases"
+# failure kinds of issue 10 on the real engine: degenerate sizes (C05), 12-bit data (C04), corrupt files (C06)
+DEGENERATE = [CASES / "C05" / name for name in ("dot_1x1.png", "sliver_499x1.png", "strip_22x3.png")]
+READABLE_CASES = DEGENERATE + [CASES / "C05" / "ok_64x64.png", CASES / "C04" / "pan_12bit.png"]
+BROKEN_CASES = [CASES / "C06" / "harbor_2.jpg", CASES / "C06" / "notes.jpg"]
 PROMPT = "Describe the image in one sentence."
 KEY_ENV = "TRSLLAVA_TEST_API_KEY"
 SERVED_NAME = "tiny-llava"
@@ -116,8 +121,35 @@ def run_offline(model_dir: Path, requests, json_requests, schema, summary: dict)
         out["json"] = results_summary(structured)
         out["json_check"] = json_check(structured, schema)
         out["json_same_seed_same_texts"] = backend.generate(json_requests) == structured
+
+        backend.max_new_tokens = TEXT_TOKENS
+        out["cases"] = run_cases(backend, model_dir.parent / "progress" / "shard-0-of-1.jsonl")
+        # the same degenerate images without the loader's padding, straight to the engine: what the
+        # padding protects against (last: a crash here may take the engine down)
+        from PIL import Image
+
+        raw = [GenerationRequest(str(path), PROMPT, image=Image.open(path).convert("RGB")) for path in DEGENERATE]
+        try:
+            out["unpadded"] = {"ok": True, "texts": [r.texts for r in backend.generate(raw)]}
+        except Exception as exc:  # noqa: BLE001 - recorded: the summary says what vLLM does with them
+            out["unpadded"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
     finally:
         backend.close()
+
+
+def run_cases(backend, progress) -> dict:
+    """The captioning shard (one loader, per-image failures) over the case images on this backend:
+    image -> status, text length, reason."""
+    import polars as pl
+
+    from trsllava.captioning.prompts import load_prompts
+    from trsllava.captioning.shard import ShardRun
+
+    paths = READABLE_CASES + BROKEN_CASES
+    images = pl.DataFrame({"image_id": [p.name for p in paths], "path": [str(p) for p in paths]})
+    sampling = {"max_tokens": TEXT_TOKENS, "temperature": 0.0, "seed": 0}
+    rows = ShardRun(backend, [load_prompts()["rsicd_style"]], sampling, batch_size=8).run(images, progress)
+    return {row["image_id"]: {"status": row["status"], "chars": len(row["raw"]), "detail": row["detail"]} for row in rows}
 
 
 def start_server(model_dir: Path, port: int, key: str, log_path: Path) -> subprocess.Popen:
@@ -182,6 +214,7 @@ def wait_healthy(proc: subprocess.Popen, base: str, timeout_s: float) -> float:
 
 def run_server(model_dir: Path, requests, json_requests, schema, key: str, work: Path, summary: dict) -> None:
     from trsllava.captioning.openai_backend import OpenAIBackend
+    from trsllava.captioning.types import GenerationRequest
     from trsllava.errors import TrsllavaError
 
     out = summary["server"] = {}
@@ -219,6 +252,8 @@ def run_server(model_dir: Path, requests, json_requests, schema, key: str, work:
         out["json_s"] = round(time.time() - t0, 2)
         out["json"] = results_summary(structured)
         out["json_check"] = json_check(structured, schema)
+        backend.max_tokens = TEXT_TOKENS
+        out["cases"] = results_summary(backend.generate([GenerationRequest(str(p), PROMPT) for p in READABLE_CASES]))
         backend.close()
 
         # the plain-httpx transport, one request

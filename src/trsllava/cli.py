@@ -66,7 +66,9 @@ def _search(args) -> None:
     else:
         result = text_search(archive, args.query, k=args.k, aggregation=args.aggregation, caption_set=args.caption_set)
     if args.html:
-        write_gallery(result, Path(args.html))
+        from .images import ImageOptions
+
+        write_gallery(result, Path(args.html), ImageOptions.from_config(config))
         print(f"wrote {args.html}", file=sys.stderr)
     print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) if args.json else format_table(result))
 

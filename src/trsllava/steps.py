@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .atomic import write_json, write_parquet
+from .atomic import atomic_directory, write_json, write_parquet
 from .captions.importer import describe_coverage, import_captions
 from .datasets import DatasetSpec, read_dataset
 from .datasets.report import describe_report
@@ -21,6 +21,7 @@ from .encoders import build_encoder, load_representation
 from .encoders.lexical import BM25Encoder
 from .errors import TrsllavaError
 from .evaluation.evaluate import evaluate
+from .failures import DEFAULT_MAX_FAILURE_SHARE, check_failure_share
 from .evaluation.protocol import Settings
 from .index import write_index
 
@@ -102,13 +103,15 @@ def _available_record(path: Path) -> dict:
 
 def caption_shard(config: dict, dataset: str, captioner: str, shard: int, shards: int, images: Path,
                   model: Path, progress: Path, out: Path) -> None:
-    """Caption one shard with every prompt of the captioner; resumable through ``progress``.
-    ``model`` is the record written by ``fetch_captioner_model``: the folder to load, and the id
-    and commit that every caption row names."""
+    """Caption one shard with every prompt of the captioner; resumable through the progress files
+    of ``progress``'s folder (any shard layout's). ``model`` is the record written by
+    ``fetch_captioner_model``: the folder to load, and the id and commit that every caption row
+    names. Unreadable images are failure rows of the output, not errors (``ShardRun``)."""
     from .captioning.backends import make_backend, sampling_of
     from .captioning.model_fetch import RecordedModel
     from .captioning.prompts import load_prompts
     from .captioning.shard import ShardRun, shard_images
+    from .images import ImageLoader, ImageOptions
 
     entry = config["captioners"][captioner]
     registry = load_prompts(config.get("prompts"))
@@ -117,41 +120,71 @@ def caption_shard(config: dict, dataset: str, captioner: str, shard: int, shards
         raise TrsllavaError(f"config: captioners.{captioner}.prompts names unknown prompt(s) {unknown}; known: {sorted(registry)}")
     prompts = [registry[p] for p in entry.get("prompts", ["rsrt"])]
     part = shard_images(pl.read_parquet(images), shard, shards)
+    image_options = ImageOptions.from_config(config)
     record = _available_record(model)
-    loaded = make_backend(captioner, {**entry, "model": record["path"] or record["model"]})
+    loaded = make_backend(captioner, {**entry, "model": record["path"] or record["model"]}, image_options)
     backend = RecordedModel(loaded, record)
-    run = ShardRun(backend, prompts, sampling_of(entry), batch_size=int(entry.get("batch_size", 4)))
+    run = ShardRun(backend, prompts, sampling_of(entry), batch_size=int(entry.get("batch_size", 4)),
+                   loader=ImageLoader(image_options, entry.get("max_image_side")))
     rows = run.run(part, Path(progress))
     wanted = set(part["image_id"].to_list())
     write_json({"backend": backend.describe(), "rows": [r for r in rows if r["image_id"] in wanted]}, out)
 
 
+def _shard_rows(shards: list[Path]) -> list[dict]:
+    import json
+
+    rows = []
+    for shard in shards:
+        rows += json.loads(Path(shard).read_text())["rows"]
+    return rows
+
+
+def caption_quality(config: dict, dataset: str, captioner: str, shards: list[Path], images: Path, quality_out: Path) -> None:
+    """``<captioner>.quality.json``: per prompt, the statuses, duplicates and failures by image
+    (``prompts.quality_report``), and under ``images`` the images that could not be captioned
+    (unreadable file, backend error) with their reason and share. Written by its own job so that
+    it stays when the merge refuses a captioner with too many failures."""
+    from .captioning.shard import image_failures, quality_of_rows
+
+    rows = _shard_rows(shards)
+    quality = quality_of_rows(rows)
+    max_share = float(config["captioners"][captioner].get("max_failure_share", DEFAULT_MAX_FAILURE_SHARE))
+    quality["images"] = image_failures(rows, pl.read_parquet(images).height, max_share)
+    for prompt, report in quality.items():
+        if prompt != "images":
+            log.info("captioner %s, prompt %s: %s", captioner, prompt, report["status"])
+    for failure in quality["images"]["failures"]:
+        log.warning("captioner %s: image %s not captioned (%s): %s", captioner, failure["image_id"], failure["status"],
+                    failure["reason"])
+    write_json(quality, quality_out)
+
+
 def merge_caption_shards(config: dict, dataset: str, captioner: str, shards: list[Path], images: Path,
-                         out: Path, coverage_out: Path, quality_out: Path) -> None:
-    """Gather the shards into the caption table (the importer's schema) plus a quality report."""
+                         quality: Path, out: Path, coverage_out: Path) -> None:
+    """Gather the shards into the caption table (the importer's schema) with a coverage report;
+    refuses (one line naming the quality report) a captioner whose share of failed images exceeds
+    ``captioners.<name>.max_failure_share``."""
     import json
 
     from .captioning.backends import sampling_of
     from .captioning.prompts import load_prompts
     from .captioning.shard import merge_rows
 
+    report = json.loads(Path(quality).read_text())["images"]
+    check_failure_share(report, f"captioner '{captioner}' on dataset '{dataset}'",
+                        f"captioners.{captioner}.max_failure_share", Path(quality))
     entry = config["captioners"][captioner]
-    rows = []
-    for shard in shards:
-        rows += json.loads(Path(shard).read_text())["rows"]
-    versions = _versions()
-    table, quality = merge_rows(rows, captioner, load_prompts(config.get("prompts")), sampling_of(entry), versions,
-                                f"{dataset}/{captioner}/{len(shards)} shards", entry.get("fields", "fields"))
+    rows = _shard_rows(shards)
+    table, _ = merge_rows(rows, captioner, load_prompts(config.get("prompts")), sampling_of(entry), _versions(),
+                          f"{dataset}/{captioner}/{len(shards)} shards", entry.get("fields", "fields"))
     gallery = set(pl.read_parquet(images)["image_id"].to_list())
     uncaptioned = sorted(gallery - set(table["image_id"].to_list()))
     if uncaptioned:
         log.warning("captioner %s: %d of %d images have no usable caption, e.g. %s", captioner, len(uncaptioned), len(gallery), uncaptioned[:5])
-    for prompt, report in quality.items():
-        log.info("captioner %s, prompt %s: %s", captioner, prompt, report["status"])
     write_parquet(table, out)
     write_json({"captioner": captioner, "gallery_images": len(gallery), "captioned_images": len(gallery) - len(uncaptioned),
-                "images_without_caption": uncaptioned}, coverage_out)
-    write_json(quality, quality_out)
+                "images_without_caption": uncaptioned, "failed_images": report["failed_images"]}, coverage_out)
 
 
 def _versions() -> dict:
@@ -175,20 +208,20 @@ def embed_texts(config: dict, encoder_name: str, table: Path, out_dir: Path) -> 
     encoder = build_encoder(encoder_name, config["encoders"][encoder_name])
     texts = unique_texts(table)
     log.info("encoder %s: %d distinct texts from %s", encoder_name, len(texts), table)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    encoder.represent(texts, Path(out_dir))
+    with atomic_directory(out_dir) as building:  # a killed or failed job leaves no partial cache
+        encoder.represent(texts, building)
 
 
 def build_faiss_index(config: dict, encoder_name: str, captions_rep: Path, references_rep: Path, out_dir: Path) -> None:
     entry = config["encoders"][encoder_name]
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    if isinstance(build_encoder(encoder_name, entry), BM25Encoder):
-        # lexical search uses the bm25s index saved with the representation; FAISS is for vectors
-        write_json({"type": "bm25", "index": str(Path(captions_rep) / "bm25")}, Path(out_dir) / "index.json")
-        return
-    captions = load_representation(encoder_name, entry, captions_rep)
-    queries = load_representation(encoder_name, entry, references_rep)
-    write_index(np.asarray(captions.vectors), np.asarray(queries.vectors), config.get("index", {}), Path(out_dir))
+    with atomic_directory(out_dir) as building:  # a killed or failed job leaves no partial index folder
+        if isinstance(build_encoder(encoder_name, entry), BM25Encoder):
+            # lexical search uses the bm25s index saved with the representation; FAISS is for vectors
+            write_json({"type": "bm25", "index": str(Path(captions_rep) / "bm25")}, building / "index.json")
+            return
+        captions = load_representation(encoder_name, entry, captions_rep)
+        queries = load_representation(encoder_name, entry, references_rep)
+        write_index(np.asarray(captions.vectors), np.asarray(queries.vectors), config.get("index", {}), building)
 
 
 def evaluation_settings(config: dict) -> Settings:
@@ -297,19 +330,24 @@ def clip_embed(config: dict, dataset: str, model_name: str, images: Path, refere
     from where ``fetch_clip_model`` recorded it (``model``)."""
     from .baselines.clip import embed_dataset
     from .baselines.clip_models import loadable_entry
+    from .images import ImageLoader, ImageOptions
 
     entry = loadable_entry(config["baselines"]["clip"]["models"][model_name], _available_record(model))
-    embed_dataset(model_name, entry, pl.read_parquet(images), pl.read_parquet(references), Path(out_dir))
+    with atomic_directory(out_dir) as building:
+        embed_dataset(model_name, entry, pl.read_parquet(images), pl.read_parquet(references), building,
+                      ImageLoader(ImageOptions.from_config(config)))
 
 
 def clip_evaluate(config: dict, dataset: str, model_name: str, inputs: dict, metrics_out: Path, ranks_out: Path) -> None:
     from .evaluation.baselines import evaluate_clip
 
+    entry = config["baselines"]["clip"]["models"][model_name]
     evaluate_clip(
         dataset=dataset, split=dataset_spec(config, dataset).split, model_name=model_name,
         images_path=Path(inputs["images"]), references_path=Path(inputs["references"]),
         embeddings_dir=Path(inputs["embeddings"]), settings=evaluation_settings(config),
         metrics_out=Path(metrics_out), ranks_out=Path(ranks_out),
+        max_failure_share=float(entry.get("max_failure_share", DEFAULT_MAX_FAILURE_SHARE)),
     )
 
 

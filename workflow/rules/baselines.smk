@@ -59,6 +59,9 @@ rule clip_evaluate:
         images=f"{R}/{{dataset}}/dataset/images.parquet",
         references=f"{R}/{{dataset}}/dataset/references.parquet",
         embeddings=rules.clip_embed.output[0],
+    params:
+        # a changed threshold reruns the check only (the failures are listed in embeddings/quality.json)
+        max_failure_share=lambda w: float(config["baselines"]["clip"]["models"][w.model].get("max_failure_share", 0.05)),
     output:
         metrics=f"{R}/{{dataset}}/baselines/clip/{{model}}/metrics.parquet",
         ranks=f"{R}/{{dataset}}/baselines/clip/{{model}}/ranks.parquet",

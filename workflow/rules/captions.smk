@@ -84,14 +84,44 @@ rule caption_shard:
         "../scripts/caption_shard.py"
 
 
-rule merge_captions:
-    """Gather a captioner's shards into the caption table, with coverage and quality reports."""
+rule caption_quality:
+    """The quality report of a captioner's shards: statuses per prompt, failures by image, and the
+    images that could not be captioned (unreadable file, backend error) with their reasons. Its own
+    job, so that the report stays when merge_captions refuses too many failed images."""
     input:
         images=f"{R}/{{dataset}}/dataset/images.parquet",
-        shards=lambda w: [
-            f"{R}/{w.dataset}/captions/{w.captioner}/shard-{i}-of-{n_shards(w.captioner)}.json"
-            for i in range(n_shards(w.captioner))
-        ],
+        shards=caption_shard_files,
+    output:
+        quality=report(
+            f"{R}/{{dataset}}/captions/{{captioner}}.quality.json",
+            caption="../report/quality.rst",
+            category="Caption quality",
+            subcategory="{dataset}",
+            labels={"captioner": "{captioner}", "report": "quality"},
+        ),
+    params:
+        max_failure_share=max_failure_share,
+    log:
+        f"{R}/logs/caption_quality/{{dataset}}/{{captioner}}.log",
+    wildcard_constraints:
+        captioner=one_of(GENERATED),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    conda:
+        captioning_env
+    script:
+        "../scripts/caption_quality.py"
+
+
+rule merge_captions:
+    """Gather a captioner's shards into the caption table, with a coverage report; fails in one line
+    naming the quality report when more than max_failure_share of the images could not be captioned."""
+    input:
+        images=f"{R}/{{dataset}}/dataset/images.parquet",
+        shards=caption_shard_files,
+        quality=f"{R}/{{dataset}}/captions/{{captioner}}.quality.json",
     output:
         captions=f"{R}/{{dataset}}/captions/{{captioner}}.parquet",
         coverage=report(
@@ -101,13 +131,9 @@ rule merge_captions:
             subcategory="{dataset}",
             labels={"captioner": "{captioner}", "report": "coverage"},
         ),
-        quality=report(
-            f"{R}/{{dataset}}/captions/{{captioner}}.quality.json",
-            caption="../report/quality.rst",
-            category="Caption quality",
-            subcategory="{dataset}",
-            labels={"captioner": "{captioner}", "report": "quality"},
-        ),
+    params:
+        # a changed threshold reruns the check (and the quality report that records it)
+        max_failure_share=max_failure_share,
     log:
         f"{R}/logs/merge_captions/{{dataset}}/{{captioner}}.log",
     wildcard_constraints:

@@ -31,6 +31,36 @@ def _check_fusions():
 _check_fusions()
 
 R = config["results"]
+
+
+# One run at a time per results folder (trsllava.results_lock): Snakemake's own lock covers the
+# working directory only, and two working directories may share one `results:`. Taken when jobs are
+# about to run (not for -n, --unlock, --report, --lint, nor in cluster jobs: --no-hooks) and held by
+# the Snakemake process until it exits, however it exits (success, error, SIGKILL): the kernel
+# releases it, so no onsuccess/onerror handler is needed (or could be overridden by another one).
+def _results_lock():
+    import sys
+
+    sys.path.insert(0, f"{workflow.basedir}/src")
+    from trsllava.results_lock import ResultsLock
+
+    return ResultsLock(R)
+
+
+RESULTS_LOCK = _results_lock()
+
+
+onstart:
+    import os
+
+    from trsllava.errors import TrsllavaError
+
+    try:
+        RESULTS_LOCK.acquire(os.getcwd())
+    except TrsllavaError as error:
+        raise WorkflowError(f"trsllava: {error}") from None
+
+
 NAME = "[A-Za-z0-9][A-Za-z0-9_.-]*"
 
 
@@ -145,6 +175,19 @@ def required_missing():
     """True when a model marked `required: true` cannot be had: the run then does nothing more and
     fails at the end with one line per such model (onsuccess handler)."""
     return any(not r["available"] and r.get("required") for r in model_records())
+
+
+def caption_shard_files(w):
+    """The shard outputs of a generating captioner on a dataset (its configured number of shards)."""
+    return [
+        f"{R}/{w.dataset}/captions/{w.captioner}/shard-{i}-of-{n_shards(w.captioner)}.json"
+        for i in range(n_shards(w.captioner))
+    ]
+
+
+def max_failure_share(w):
+    """captioners.<name>.max_failure_share: the share of images that may fail before the merge refuses."""
+    return float(config["captioners"][w.captioner].get("max_failure_share", 0.05))
 
 
 def grid():

@@ -12,7 +12,7 @@ run(
     captioner=snakemake.wildcards.captioner,
     shards=list(snakemake.input.shards),
     images=snakemake.input.images,
+    quality=snakemake.input.quality,
     out=snakemake.output.captions,
     coverage_out=snakemake.output.coverage,
-    quality_out=snakemake.output.quality,
 )

@@ -11,6 +11,11 @@ format (``config.json``, weights, tokenizer and preprocessor files), or an open_
 file (``.pt`` / ``.pth`` / ``.bin``: RemoteCLIP, GeoRSCLIP), converted on load by
 ``open_clip_convert`` with the CLIP tokenizer of the entry's ``tokenizer`` (default
 ``openai/clip-vit-base-patch32``, or a local folder).
+
+Images are read by ``trsllava.images.load_rgb`` (the pixels every consumer gets). An image that
+cannot be read gets no vector: it is listed with its reason in ``quality.json`` beside the
+embeddings and ranks last (like an uncaptioned image); ``clip_evaluate`` refuses the model when
+more than ``max_failure_share`` (default 5%) of the images failed.
 """
 
 from __future__ import annotations
@@ -26,12 +31,15 @@ from ..atomic import write_json, write_npy
 from ..encoders.base import save_texts
 from ..encoders.dense import VECTORS_FILE, pick_device
 from ..errors import TrsllavaError
+from ..failures import DEFAULT_MAX_FAILURE_SHARE, failure_report
+from ..images import ImageLoader
 
 log = logging.getLogger(__name__)
 
 IMAGE_KEY = "<image>"  # prefix of the database key of each image (its one "text")
 IMAGES_DIR = "images"
 REFERENCES_DIR = "references"
+QUALITY_FILE = "quality.json"  # beside images/ and references/: the images that got no vector
 
 
 def image_key(image_id: str) -> str:
@@ -94,24 +102,30 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-def embed_images(model, processor, device: str, paths: list[str], batch_size: int = 32) -> np.ndarray:
-    """Unit-normalised image embeddings, one row per path (RGB, the processor's resize and crop)."""
+def embed_images(model, processor, device: str, paths: list[str], batch_size: int = 32,
+                 loader: ImageLoader | None = None) -> tuple[np.ndarray, list[dict]]:
+    """(unit-normalised embeddings of the readable images, in order, one row each; failures
+    ``[{"index", "path", "reason"}]`` of the images that could not be read, which get no row).
+    Pixels come from ``loader`` (default ``ImageLoader()``), then the processor's resize and crop."""
     import torch
-    from PIL import Image
 
-    chunks = []
+    loader = loader or ImageLoader()
+    chunks, failures = [], []
     for start in tqdm(range(0, len(paths), batch_size), desc="CLIP images", unit="batch"):
         images = []
-        for path in paths[start : start + batch_size]:
+        for index in range(start, min(start + batch_size, len(paths))):
             try:
-                with Image.open(path) as image:
-                    images.append(image.convert("RGB"))
-            except (OSError, ValueError) as error:  # missing, truncated or not an image
-                raise TrsllavaError(f"CLIP baseline: cannot read image {path}: {error}") from error
+                images.append(loader.load(paths[index]))
+            except TrsllavaError as error:  # missing, truncated, not an image: listed, no vector
+                failures.append({"index": index, "path": paths[index], "reason": str(error)})
+                log.warning("CLIP baseline: %s (no vector; the image ranks last)", error)
+        if not images:
+            continue
         inputs = processor(images=images, return_tensors="pt").to(device)
         with torch.inference_mode():
             chunks.append(_features(model.get_image_features(**inputs)).float().cpu().numpy())
-    return _normalise(np.concatenate(chunks)) if chunks else np.zeros((0, 0), dtype=np.float32)
+    vectors = _normalise(np.concatenate(chunks)) if chunks else np.zeros((0, 0), dtype=np.float32)
+    return vectors, failures
 
 
 def embed_texts(model, processor, device: str, texts: list[str], batch_size: int = 32) -> np.ndarray:
@@ -129,9 +143,11 @@ def embed_texts(model, processor, device: str, texts: list[str], batch_size: int
     return _normalise(np.concatenate(chunks)) if chunks else np.zeros((0, 0), dtype=np.float32)
 
 
-def embed_dataset(name: str, entry: dict, images: pl.DataFrame, references: pl.DataFrame, out_dir: Path) -> None:
-    """Write ``out_dir/images`` (one vector per gallery image, keyed ``<image>ID``) and
-    ``out_dir/references`` (one vector per distinct human caption), both dense representations."""
+def embed_dataset(name: str, entry: dict, images: pl.DataFrame, references: pl.DataFrame, out_dir: Path,
+                  loader: ImageLoader | None = None) -> None:
+    """Write ``out_dir/images`` (one vector per readable gallery image, keyed ``<image>ID``),
+    ``out_dir/references`` (one vector per distinct human caption), both dense representations,
+    and ``out_dir/quality.json`` (the images that could not be read, with their reasons)."""
     missing = images.filter(pl.col("path").is_null())["image_id"].to_list()
     if missing:
         raise TrsllavaError(
@@ -142,11 +158,17 @@ def embed_dataset(name: str, entry: dict, images: pl.DataFrame, references: pl.D
     batch_size = int(entry.get("batch_size", 32))
     texts = references["text"].unique(maintain_order=True).to_list()
     log.info("clip %s: embedding %d images and %d distinct captions", name, images.height, len(texts))
-    image_vectors = embed_images(model, processor, device, images["path"].to_list(), batch_size)
+    image_ids = images["image_id"].to_list()
+    image_vectors, failures = embed_images(model, processor, device, images["path"].to_list(), batch_size, loader)
+    failed = {failure["index"] for failure in failures}
     text_vectors = embed_texts(model, processor, device, texts, batch_size)
-    described = {"name": name, "type": "clip", **entry, "dim": int(image_vectors.shape[1])}
+    dim = int(text_vectors.shape[1]) if text_vectors.size else int(image_vectors.shape[1])
+    if not image_vectors.size:
+        image_vectors = np.zeros((0, dim), dtype=np.float32)
+    described = {"name": name, "type": "clip", **entry, "dim": dim}
+    kept_keys = [image_key(i) for index, i in enumerate(image_ids) if index not in failed]
     for sub, keys, vectors in (
-        (IMAGES_DIR, [image_key(i) for i in images["image_id"].to_list()], image_vectors),
+        (IMAGES_DIR, kept_keys, image_vectors),
         (REFERENCES_DIR, texts, text_vectors),
     ):
         directory = Path(out_dir) / sub
@@ -154,3 +176,6 @@ def embed_dataset(name: str, entry: dict, images: pl.DataFrame, references: pl.D
         write_npy(vectors, directory / VECTORS_FILE)
         save_texts(keys, directory)
         write_json(described, directory / "encoder.json")
+    report = failure_report({image_ids[f["index"]]: ("unreadable", f["reason"]) for f in failures}, len(image_ids),
+                            float(entry.get("max_failure_share", DEFAULT_MAX_FAILURE_SHARE)))
+    write_json({"model": name, **report}, Path(out_dir) / QUALITY_FILE)

@@ -31,7 +31,9 @@ def choose_backend(requested: str) -> str:
     return chosen
 
 
-def make_backend(name: str, entry: dict):
+def make_backend(name: str, entry: dict, image_options=None):
+    """The backend of captioner ``name`` (its config entry). ``image_options``: the config's
+    ``images:`` settings (``trsllava.images.ImageOptions``) for requests that carry no pixels."""
     kind = choose_backend(entry["backend"])
     sampling = sampling_of(entry)
     model = entry.get("model")
@@ -48,7 +50,7 @@ def make_backend(name: str, entry: dict):
                 model, dtype=entry.get("dtype", "auto"), device=entry.get("device", "auto"),
                 max_new_tokens=sampling["max_tokens"], temperature=sampling["temperature"], seed=sampling["seed"],
                 batch_size=int(entry.get("batch_size", 4)), max_image_side=entry.get("max_image_side"),
-                processor_options=entry.get("processor_options"),
+                processor_options=entry.get("processor_options"), image_options=image_options,
             )
         if kind == "vllm":
             from .vllm_backend import VLLMBackend
@@ -57,13 +59,15 @@ def make_backend(name: str, entry: dict):
                                               "limit_mm_per_prompt", "enforce_eager", "max_image_side", "processor_options")
                        if k in entry}
             return VLLMBackend(model, max_new_tokens=sampling["max_tokens"], temperature=sampling["temperature"],
-                               seed=sampling["seed"], **options)
+                               seed=sampling["seed"], image_options=image_options, **options)
         if kind == "openai":
             from .openai_backend import OpenAIBackend
 
-            options = {k: entry[k] for k in ("api_key_env", "concurrency", "retries", "timeout") if k in entry}
+            options = {k: entry[k] for k in ("api_key_env", "concurrency", "retries", "timeout", "max_image_side")
+                       if k in entry}
             return OpenAIBackend(entry["base_url"], model, max_tokens=sampling["max_tokens"],
-                                 temperature=sampling["temperature"], seed=sampling["seed"], **options)
+                                 temperature=sampling["temperature"], seed=sampling["seed"], image_options=image_options,
+                                 **options)
     except TrsllavaError as error:
         reason = str(error).strip().splitlines()[0].rstrip(".")  # one line: the loader's first sentence
         from .model_fetch import ways_out

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from ..errors import TrsllavaError
+from ..images import DEFAULT_OPTIONS, ImageLoader, ImageOptions
 from .types import (
     GenerationRequest,
     GenerationResult,
@@ -25,24 +26,6 @@ log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
            "bfloat16": "bfloat16", "bf16": "bfloat16"}
-
-
-def _load_image(path: str, max_side: int | None):
-    """Open ``path`` as RGB, shrunk (aspect kept) so its longer side is at most ``max_side``."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-    except FileNotFoundError as exc:
-        raise TrsllavaError(f"image not found: {path}") from exc
-    except Exception as exc:  # PIL raises several error types for unreadable files
-        raise TrsllavaError(f"image {path}: not readable: {exc}") from exc
-    if max_side and max(image.size) > max_side:
-        scale = max_side / max(image.size)
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.BICUBIC)
-    return image
 
 
 def _dtype_kwarg(dtype) -> dict:
@@ -73,6 +56,9 @@ class TransformersBackend:
     model folder's processor settings, e.g. ``{"do_image_splitting": False}`` for SmolVLM / Idefics3
     (one tile per image instead of a grid of tiles + a global view). They change the prompts, so
     ``describe()`` reports them (and the shard cache key covers them).
+
+    Pixels: a request's ``image`` when given (the captioning shard loads each image once), else
+    ``trsllava.images.load_rgb`` of its path with ``image_options`` and ``max_image_side``.
     """
 
     name = "transformers"
@@ -89,6 +75,7 @@ class TransformersBackend:
         batch_size: int = 4,
         max_image_side: int | None = None,
         processor_options: dict | None = None,
+        image_options: ImageOptions | None = None,
     ):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -100,6 +87,7 @@ class TransformersBackend:
         self.seed = int(seed)
         self.batch_size = int(batch_size)
         self.max_image_side = max_image_side
+        self.image_loader = ImageLoader(image_options or DEFAULT_OPTIONS, max_image_side)
         self.processor_options = check_processor_options(processor_options)
 
         if device == "auto":
@@ -203,7 +191,7 @@ class TransformersBackend:
         import torch
 
         n = batch[0].n
-        images = [_load_image(request.image_path, self.max_image_side) for request in batch]
+        images = [request.pixels(self.image_loader) for request in batch]
         prompts = [self._prompt(request.prompt_text) for request in batch]
         inputs = self.processor(images=images, text=prompts, return_tensors="pt", padding=True)
         inputs = inputs.to(self.device)

@@ -1,7 +1,8 @@
 """Captioning through any OpenAI-compatible chat-completions server (``vllm serve``, OpenAI, ...).
 
-Each request is one ``chat.completions`` call: a user turn holding the image (a base64 data URL)
-and the prompt text, ``n`` samples, and, when the request has a ``json_schema``, the OpenAI
+Each request is one ``chat.completions`` call: a user turn holding the image (a base64 PNG data
+URL of the pixels ``trsllava.images.load_rgb`` made, never the raw file: the server sees what the
+other backends see, whatever the file's bit depth, mode or orientation) and the prompt text, ``n`` samples, and, when the request has a ``json_schema``, the OpenAI
 ``response_format`` ``{"type": "json_schema", ...}`` (``vllm serve`` turns it into structured
 decoding). Requests run concurrently on a thread pool; connection errors, timeouts, HTTP 429
 and 5xx are retried with exponential backoff.
@@ -15,24 +16,21 @@ imported when a backend is built.
 from __future__ import annotations
 
 import base64
-import io
 import logging
 import os
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import TrsllavaError
-from .hf_backend import _load_image
+from ..images import DEFAULT_OPTIONS, ImageLoader, ImageOptions, encode_png
 from .types import GenerationRequest, GenerationResult, check_requests, check_settings, sampling_temperature
 from .vllm_backend import request_seed
 
 log = logging.getLogger(__name__)
 
-_MIME = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
 _RETRY_STATUS = {408, 409, 429}  # plus every 5xx
 
 
@@ -99,6 +97,7 @@ class OpenAIBackend:
         max_image_side: int | None = None,
         structured: str = "json_schema",
         client: str = "auto",
+        image_options: ImageOptions | None = None,
     ):
         check_settings(max_tokens=(max_tokens, 1), temperature=(temperature, 0), concurrency=(concurrency, 1),
                        retries=(retries, 0))
@@ -118,6 +117,7 @@ class OpenAIBackend:
         self.timeout = float(timeout)
         self.backoff = float(backoff)
         self.max_image_side = max_image_side
+        self.image_loader = ImageLoader(image_options or DEFAULT_OPTIONS, max_image_side)
         self.structured = structured
         self._lock = threading.Lock()
         self._http = None
@@ -163,16 +163,9 @@ class OpenAIBackend:
 
     # -------------------------------------------------------------------------------- payload
 
-    def _image_url(self, path: str) -> str:
-        mime = _MIME.get(Path(path).suffix.lower())
-        if mime is not None and not self.max_image_side:
-            data = Path(path).read_bytes()
-        else:
-            image = _load_image(path, self.max_image_side)
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            data, mime = buffer.getvalue(), "image/png"
-        return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+    def _image_url(self, request: GenerationRequest) -> str:
+        """The request's pixels as a PNG data URL (lossless: the server decodes exactly them)."""
+        return "data:image/png;base64," + base64.b64encode(encode_png(request.pixels(self.image_loader))).decode("ascii")
 
     def _payload(self, request: GenerationRequest, index: int) -> dict:
         payload = {
@@ -180,7 +173,7 @@ class OpenAIBackend:
             "messages": [{
                 "role": "user",
                 "content": [
-                    {"type": "image_url", "image_url": {"url": self._image_url(request.image_path)}},
+                    {"type": "image_url", "image_url": {"url": self._image_url(request)}},
                     {"type": "text", "text": request.prompt_text},
                 ],
             }],

@@ -35,13 +35,17 @@ from ..textio import read_yaml
 
 OUTPUTS = ("text", "json")
 STATUSES = ("ok", "empty", "refused", "invalid_json", "truncated")
+# jobs that produced no answer at all (captioning.shard): the image file could not become pixels,
+# or the backend failed on the image alone; listed in the quality report beside the parse statuses
+JOB_FAILURES = ("unreadable", "error")
+REPORT_STATUSES = STATUSES + JOB_FAILURES
 MODES = ("fields", "joined")
 JOINED_FIELD = "joined"
 KEYS = ("id", "description", "text", "output", "variants", "fields", "schema")
 # prompt ids become caption-set labels ("<prompt>/<field>") and file names; "fused" is the label
 # of the union of all prompts (evaluation.caption_sets.FUSED)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-RESERVED_IDS = {"fused"}
+RESERVED_IDS = {"fused": "the label of all prompts fused", "images": "the image failures section of the quality report"}
 DUPLICATE_EXAMPLES = 5
 
 
@@ -106,7 +110,7 @@ def make_prompt(prompt_id: Any, entry: Any, origin: str = "config") -> Prompt:
     if not isinstance(prompt_id, str) or not NAME.match(prompt_id):
         raise _fail(prompt_id, None, "a prompt id is letters, digits, '_', '.' or '-' (starting with a letter or digit)")
     if prompt_id in RESERVED_IDS:
-        raise _fail(prompt_id, None, f"'{prompt_id}' is reserved (the label of all prompts fused)")
+        raise _fail(prompt_id, None, f"'{prompt_id}' is reserved ({RESERVED_IDS[prompt_id]})")
     if not isinstance(entry, Mapping):
         raise _fail(prompt_id, None, f"expected a mapping of {list(KEYS)}, got {type(entry).__name__}")
     unknown = sorted(str(key) for key in entry if key not in KEYS)
@@ -401,9 +405,9 @@ def quality_report(rows: pl.DataFrame) -> dict:
         rows = rows.select([pl.col(name).cast(dtype, strict=True) for name, dtype in QUALITY_COLUMNS.items()])
     except Exception as exc:  # polars raises several error types for bad casts
         raise TrsllavaError(f"quality report: columns cannot be read as {QUALITY_COLUMNS}: {exc}") from exc
-    unknown = sorted(set(rows["status"].drop_nulls().to_list()) - set(STATUSES))
+    unknown = sorted(set(rows["status"].drop_nulls().to_list()) - set(REPORT_STATUSES))
     if unknown or rows["status"].null_count():
-        raise TrsllavaError(f"quality report: unknown status(es) {unknown or [None]}; expected one of {list(STATUSES)}")
+        raise TrsllavaError(f"quality report: unknown status(es) {unknown or [None]}; expected one of {list(REPORT_STATUSES)}")
 
     rows = rows.with_columns(
         pl.col("attempts").fill_null(1),
@@ -413,7 +417,7 @@ def quality_report(rows: pl.DataFrame) -> dict:
     for prompt in sorted(rows["prompt"].unique().to_list(), key=lambda p: (p is None, p)):
         part = rows.filter(pl.col("prompt").is_null() if prompt is None else pl.col("prompt") == prompt)
         counts = dict(part.group_by("status").len().iter_rows())
-        status = {name: int(counts.get(name, 0)) for name in STATUSES}
+        status = {name: int(counts.get(name, 0)) for name in REPORT_STATUSES}
 
         ok = part.filter((pl.col("status") == "ok") & pl.col("text").is_not_null() & (pl.col("text") != ""))
         shared = (

