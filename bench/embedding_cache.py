@@ -1,8 +1,9 @@
 """What the per-text embedding cache saves, against re-encoding without it, in the same run.
 
 RSICD's human captions as two text tables that share texts, as two datasets of one experiment would:
-`all` (every split: 54,605 captions, 18,190 distinct) and `test` (the test split: 5,465 captions,
-3,331 distinct, every one of them also in `all`). MiniLM (all-MiniLM-L6-v2, CPU, batch 64), model
+`test` (the test split: 1,093 images, 3,331 distinct texts) and `all` (a gallery holding the test
+images and --other-images more of the other splits, default 1,093; 0: every split, 18,190 distinct
+texts), so every `test` text is also in `all`. MiniLM (all-MiniLM-L6-v2, CPU, batch 64), model
 loaded once beforehand; each step is what the workflow's jobs do for one table.
 
   baseline (no cache)    each table's distinct texts encoded (what `embed_texts` did before the cache)
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import _common  # first: sets HF_HUB_OFFLINE before transformers is imported
 import numpy as np
+import polars as pl
 
 from trsllava.datasets.load import load_dataset
 from trsllava.encoders.cache import EmbeddingCache, text_keys
@@ -86,7 +88,9 @@ def archive_scale(n: int, texts: list[str], vectors: np.ndarray, fingerprint: di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--annotations", type=Path, default=_common.RSICD_JSON)
-    parser.add_argument("--limit", type=int, help="only the first N images of each table (a quick check)")
+    parser.add_argument("--limit", type=int, help="only the first N test images (a quick check)")
+    parser.add_argument("--other-images", type=int, default=1093,
+                        help="images of the other splits in table `all` besides the test images (0: all 9,828)")
     parser.add_argument("--batch-size", type=int, default=64, help="MiniLM batch size")
     parser.add_argument("--cache-batch-size", type=int, default=1024, help="texts per cache chunk (the workflow's default)")
     parser.add_argument("--archive-texts", type=int, default=1_000_000, help="texts of the archive-scale cache (0: skip)")
@@ -101,12 +105,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"machine: {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
 
-    tables = {}
-    for name, gallery in (("all", "all"), ("test", "split")):
-        _, references = load_dataset(_common.rsicd_spec(gallery, args.annotations))
-        if args.limit:
-            references = references.filter(references["image_id"].is_in(references["image_id"].unique(maintain_order=True)[: args.limit]))
-        tables[name] = references["text"].unique(maintain_order=True).to_list()
+    _, everything = load_dataset(_common.rsicd_spec("all", args.annotations))
+    _, test = load_dataset(_common.rsicd_spec("split", args.annotations))
+    test_ids = test["image_id"].unique(maintain_order=True).to_list()[: args.limit or None]
+    others = [i for i in everything["image_id"].unique(maintain_order=True).to_list() if i not in set(test_ids)]
+    extra = len(others) if args.other_images == 0 else args.other_images
+    chosen = set(test_ids) | set(others[:extra])
+    tables = {"all": everything.filter(pl.col("image_id").is_in(chosen))["text"].unique(maintain_order=True).to_list(),
+              "test": test.filter(pl.col("image_id").is_in(test_ids))["text"].unique(maintain_order=True).to_list()}
     shared = len(set(tables["test"]) & set(tables["all"]))
     print(f"RSICD human captions: table `all` {len(tables['all'])} distinct texts, `test` {len(tables['test'])} "
           f"({shared} of them also in `all`)")
