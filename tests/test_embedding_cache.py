@@ -162,6 +162,29 @@ def test_killed_fill_keeps_finished_batches_and_resumes_without_recomputation(tm
     np.testing.assert_array_equal(DenseRepresentation.load(tmp_path / "rep").vectors, np.stack([stub_vector(None, t) for t in TEXTS]))
 
 
+def test_batches_finished_out_of_order_are_each_stored_under_their_own_texts(tmp_path):
+    """An encoder running batches concurrently (an API client) yields them in completion order; a
+    crash after some of them keeps exactly those."""
+
+    class Concurrent(StubEncoder):
+        def embed_batches(self, batches, role):
+            for number in reversed(range(len(batches))):  # the last one finished first
+                if self.entry.get("fail_after") == len(self.calls):
+                    raise RuntimeError("killed")
+                yield number, self.embed(batches[number], role)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        fill_cache(Concurrent(entry={"type": "stub", "fail_after": 2}), TEXTS[:40], tmp_path, batch_size=10, progress=False)
+    cache = EmbeddingCache(tmp_path, "stub", StubEncoder().fingerprint("query"))
+    assert cache.stats() == {"chunks": 2, "rows": 20, "distinct": 20}
+    resumed = Concurrent()
+    report = fill_cache(resumed, TEXTS[:40], tmp_path, batch_size=10, progress=False)
+    assert len(resumed.embedded()) == 20 and list(report["caches"].values())[0]["cached"] == 20
+    out = np.zeros((40, DIM), dtype=np.float32)
+    cache.gather(text_keys(TEXTS[:40]), out)
+    np.testing.assert_array_equal(out, np.stack([stub_vector(None, t) for t in TEXTS[:40]]))
+
+
 def _fill_in_subprocess(root, texts):
     fill_cache(StubEncoder(), texts, Path(root), batch_size=5, progress=False)
 

@@ -23,6 +23,7 @@ Two kinds of encoder:
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -74,7 +75,8 @@ class VectorEncoder(Encoder):
     ``registry.ENCODER_TYPES``. The shard jobs, the per-text cache, the merged memory-mapped matrix,
     FAISS indexes and the evaluator then work unchanged. ``embed`` is called once per cache batch
     (config ``cache_batch_size`` texts) and each batch is written to the cache as soon as it returns,
-    so a killed job, or a rerun, never asks for a finished text again.
+    so a killed job, or a rerun, never asks for a finished text again (``embed_batches``: several
+    batches in flight at once).
     """
 
     @abc.abstractmethod
@@ -92,6 +94,14 @@ class VectorEncoder(Encoder):
         """Vectors of ``texts`` in ``role``: float32, shape (len(texts), d), rows unit-normalised
         (cosine similarity as inner product, what FAISS IndexFlatIP and the evaluator expect). Loads
         the model on first use. No progress bar: the caller shows one over its batches."""
+
+    def embed_batches(self, batches: list[list[str]], role: Role) -> Iterator[tuple[int, np.ndarray]]:
+        """``(index into batches, vectors)`` for each batch, yielded as soon as it is ready; the store
+        writes each to the cache on arrival. The default embeds the batches one after the other; an
+        encoder that runs several at once (requests to an embeddings API) overrides this and yields
+        in completion order, so that a crash loses only the requests still in flight."""
+        for number, texts in enumerate(batches):
+            yield number, self.embed(texts, role)
 
     @property
     def symmetric(self) -> bool:

@@ -54,8 +54,8 @@ def role_caches(kind: str, fingerprints: dict[str, dict], root: Path) -> dict[Ro
 
 def fill_cache(encoder: VectorEncoder, texts: list[str], root: Path, batch_size: int = 1024, progress: bool = True,
                label: str | None = None) -> dict:
-    """Embed every text of ``texts`` that the cache under ``root`` lacks, ``batch_size`` texts per
-    ``encoder.embed`` call, each batch written to the cache as one chunk before the next starts.
+    """Embed every text of ``texts`` that the cache under ``root`` lacks, in batches of ``batch_size``
+    texts (``encoder.embed_batches``), each written to the cache as one chunk as soon as it is ready.
 
     Returns the report a shard job writes: per role its fingerprint, and per distinct fingerprint
     (one for a symmetric encoder, two otherwise) how many texts were already cached and how many were
@@ -75,10 +75,10 @@ def fill_cache(encoder: VectorEncoder, texts: list[str], root: Path, batch_size:
         log.info("%s, %s: %d distinct texts, %d cached, %d to encode (cache %s)", label, roles, len(texts),
                  len(texts) - len(pending), len(pending), cache.directory)
         with tqdm(total=len(pending), desc=f"embedding {encoder.name} ({roles})", unit="text", disable=not progress) as bar:
-            for start in range(0, len(pending), batch_size):
-                batch = pending[start:start + batch_size]
-                vectors = _checked(encoder, encoder.embed([texts[i] for i in batch], role), len(batch))
-                cache.add(keys[batch], vectors)
+            batches = [pending[start:start + batch_size] for start in range(0, len(pending), batch_size)]
+            for number, vectors in encoder.embed_batches([[texts[i] for i in batch] for batch in batches], role):
+                batch = batches[number]
+                cache.add(keys[batch], _checked(encoder, vectors, len(batch)))
                 bar.update(len(batch))
         report["caches"][cache.id] = {"roles": roles, "fingerprint": cache.fingerprint, "directory": str(cache.directory),
                                       "cached": int(len(texts) - len(pending)), "encoded": int(len(pending)),
