@@ -15,8 +15,9 @@ loaded once beforehand; each step is what the workflow's jobs do for one table.
                          MiniLM vectors repeated: a storage measurement) looked up and merged whole, vs
                          encoding N texts at the rate measured here
 
-Ratios are baseline time / cache time (higher is better); CPU seconds are given beside wall seconds
-because other jobs share the machine.
+Ratios are baseline time / cache time (higher is better), fastest of --repeats interleaved rounds
+for the steps that encode; CPU seconds are given beside wall seconds because other jobs share the
+machine.
 
 Run: python bench/embedding_cache.py [--archive-texts 1000000] [--limit N]
 """
@@ -95,6 +96,7 @@ def main() -> None:
     parser.add_argument("--cache-batch-size", type=int, default=1024, help="texts per cache chunk (the workflow's default)")
     parser.add_argument("--archive-texts", type=int, default=1_000_000, help="texts of the archive-scale cache (0: skip)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of the encoding steps (fastest reported)")
     parser.add_argument("--scratch", type=Path, help="folder for the caches (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=_common.RESULTS_DIR / f"{NAME}.json")
     args = parser.parse_args()
@@ -122,22 +124,31 @@ def main() -> None:
 
     scratch = Path(tempfile.mkdtemp(prefix="trsllava-bench-", dir=args.scratch))
     try:
-        rows, timings = [], {}
-        baseline = {}
-        for name in ("all", "test"):
-            with Timer() as t:
-                baseline[name] = encoder.embed(tables[name], "document")  # one call: every text of the table
-            timings[f"baseline_{name}"] = t
-        root = scratch / "cache"
+        rows, timings, baseline = [], {}, {}
+
+        def best(key, timer):  # fastest of the rounds: other jobs on the machine only ever slow a run down
+            if key not in timings or timer.wall < timings[key].wall:
+                timings[key] = timer
+
         encoded = {}
-        for step, name in (("cold", "all"), ("shared", "test")):
+        for round_ in range(args.repeats):  # interleaved, so that load from other jobs hits both alike
+            root = scratch / f"cache-{round_}"  # a fresh, empty cache each round
             with Timer() as t:
-                encoded[step] = through_cache(encoder, tables[name], root, scratch / f"rep-{name}", args.cache_batch_size)
-            timings[f"{step}_{name}"] = t
+                baseline["all"] = encoder.embed(tables["all"], "document")  # one call: every text of the table
+            best("baseline_all", t)
+            with Timer() as t:
+                encoded["cold"] = through_cache(encoder, tables["all"], root, scratch / "rep-all", args.cache_batch_size)
+            best("cold_all", t)
+            with Timer() as t:
+                baseline["test"] = encoder.embed(tables["test"], "document")
+            best("baseline_test", t)
+        with Timer() as t:
+            encoded["shared"] = through_cache(encoder, tables["test"], root, scratch / "rep-test", args.cache_batch_size)
+        best("shared_test", t)
         with Timer() as t:
             encoded["rerun"] = sum(through_cache(encoder, tables[n], root, scratch / f"rep-{n}", args.cache_batch_size)
                                    for n in ("all", "test"))
-        timings["rerun"] = t
+        best("rerun", t)
         for name in ("all", "test"):
             vectors = DenseRepresentation.load(scratch / f"rep-{name}").vectors
             difference = float(np.abs(np.asarray(vectors) - baseline[name]).max())
@@ -171,7 +182,8 @@ def main() -> None:
         payload = {"tables": {k: len(v) for k, v in tables.items()}, "shared_texts": shared,
                    "minilm_texts_per_s": rate, "steps": results, "total": {"baseline_s": total_base, "cache_s": total_cache,
                                                                            "ratio": total_base / total_cache},
-                   "torch_threads": torch.get_num_threads(), "cache_batch_size": args.cache_batch_size}
+                   "torch_threads": torch.get_num_threads(), "cache_batch_size": args.cache_batch_size, "repeats": args.repeats,
+                   "load_average_end": os.getloadavg()[0]}
 
         if args.archive_texts:
             vectors = np.asarray(DenseRepresentation.load(scratch / "rep-all").vectors)
