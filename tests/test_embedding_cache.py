@@ -141,6 +141,16 @@ def test_asymmetric_encoder_keeps_both_roles_and_scores_query_against_document(t
         caps.vectors
 
 
+def test_an_empty_table_or_shard_embeds_nothing(tmp_path):
+    encoder = StubEncoder()
+    report = fill_cache(encoder, [], tmp_path / "cache", progress=False)
+    assert encoder.calls == [] and list(report["caches"].values())[0]["encoded"] == 0
+    assert sorted(len(shard_texts(["one text"], i, 4)) for i in range(4)) == [0, 0, 0, 1]  # three empty shards
+    write_representation("stub", [], report["roles"], tmp_path / "cache", tmp_path / "rep", encoder.describe())
+    rep = DenseRepresentation.load(tmp_path / "rep")
+    assert rep.texts == [] and rep.vectors.shape == (0, 0)
+
+
 def test_killed_fill_keeps_finished_batches_and_resumes_without_recomputation(tmp_path):
     killed = StubEncoder(entry={"type": "stub", "fail_after": 2})
     with pytest.raises(RuntimeError, match="killed"):
