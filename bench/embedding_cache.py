@@ -1,9 +1,9 @@
 """What the per-text embedding cache saves, against re-encoding without it, in the same run.
 
 RSICD's human captions as two text tables that share texts, as two datasets of one experiment would:
-`test` (the test split: 1,093 images, 3,331 distinct texts) and `all` (a gallery holding the test
-images and --other-images more of the other splits, default 1,093; 0: every split, 18,190 distinct
-texts), so every `test` text is also in `all`. MiniLM (all-MiniLM-L6-v2, CPU, batch 64), model
+`test` (the first --test-images images of the test split, default 400; 0: all 1,093, 3,331 distinct
+texts) and `all` (a gallery holding those and --other-images more of the other splits, default 400;
+0: every split), so every `test` text is also in `all`. MiniLM (all-MiniLM-L6-v2, CPU, batch 64), model
 loaded once beforehand; each step is what the workflow's jobs do for one table.
 
   baseline (no cache)    each table's distinct texts encoded (what `embed_texts` did before the cache)
@@ -19,7 +19,7 @@ Ratios are baseline time / cache time (higher is better), fastest of --repeats i
 for the steps that encode; CPU seconds are given beside wall seconds because other jobs share the
 machine.
 
-Run: python bench/embedding_cache.py [--archive-texts 1000000] [--limit N]
+Run: python bench/embedding_cache.py [--test-images 0 --other-images 1093] [--archive-texts 1000000]
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ def archive_scale(n: int, texts: list[str], vectors: np.ndarray, fingerprint: di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--annotations", type=Path, default=_common.RSICD_JSON)
-    parser.add_argument("--limit", type=int, help="only the first N test images (a quick check)")
-    parser.add_argument("--other-images", type=int, default=1093,
+    parser.add_argument("--test-images", type=int, default=400, help="the first N test images (0: all 1,093)")
+    parser.add_argument("--other-images", type=int, default=400,
                         help="images of the other splits in table `all` besides the test images (0: all 9,828)")
     parser.add_argument("--batch-size", type=int, default=64, help="MiniLM batch size")
     parser.add_argument("--cache-batch-size", type=int, default=1024, help="texts per cache chunk (the workflow's default)")
@@ -109,7 +109,7 @@ def main() -> None:
 
     _, everything = load_dataset(_common.rsicd_spec("all", args.annotations))
     _, test = load_dataset(_common.rsicd_spec("split", args.annotations))
-    test_ids = test["image_id"].unique(maintain_order=True).to_list()[: args.limit or None]
+    test_ids = test["image_id"].unique(maintain_order=True).to_list()[: args.test_images or None]
     others = [i for i in everything["image_id"].unique(maintain_order=True).to_list() if i not in set(test_ids)]
     extra = len(others) if args.other_images == 0 else args.other_images
     chosen = set(test_ids) | set(others[:extra])
