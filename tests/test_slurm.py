@@ -8,6 +8,7 @@ each job's record from `scontrol show job` (kept for MinJobAge after the job end
 run so that no finished job ages out before it is checked.
 """
 
+import json
 import os
 import re
 import signal
@@ -17,23 +18,27 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import yaml
 
 from test_workflow import ROOT, SNAKEMAKE, snakemake, write_config
+from trsllava.encoders.dense import DenseRepresentation
 
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 WORKSTATION = ROOT / "workflow" / "profiles" / "workstation"
-RUN_TIMEOUT_S = 600
+RUN_TIMEOUT_S = 1200
 # every job of the test config; local rules stay out of SLURM: `all` (no action), fetch_captioner_model
 # (login nodes reach the hub, compute nodes often do not) and manifest
 EXPECTED_JOBS = Counter({
     "prepare_dataset": 1, "import_captions": 1, "caption_shard": 2, "caption_quality": 1, "merge_captions": 1,
-    "embed_references": 1, "embed_captions": 2, "build_index": 2, "evaluate": 2, "ablation": 1,
+    "embed_shard": 6, "embed_references": 1, "embed_captions": 2, "build_index": 2, "evaluate": 2, "ablation": 1,
     "draw_figures": 1,
 })
 CAPTIONER_MEM_MB = 3000
+ENCODER_MEM_MB = 2500
+ENCODER_SHARDS = 2  # x 3 text tables: the human captions and two caption sets
 
 
 def _sh(*cmd, check=True, timeout=60):
@@ -156,7 +161,8 @@ def _test_config(root: Path, name: str, model: Path) -> Path:
             "tiny": {"backend": "transformers", "model": str(model), "prompts": ["rsicd_style"], "shards": 2,
                      "max_tokens": 8, "gpus": 1, "mem_mb": CAPTIONER_MEM_MB},
         },
-        encoders={"minilm": {"type": "sentence-transformers", "model": "minilm"}},
+        encoders={"minilm": {"type": "sentence-transformers", "model": "minilm", "shards": ENCODER_SHARDS, "gpus": 1,
+                             "mem_mb": ENCODER_MEM_MB}},
         aggregations=["max"],
     )
 
@@ -176,7 +182,9 @@ def slurm_run(cluster, tmp_path_factory):
     shipped = yaml.safe_load((PROFILE / "config.yaml").read_text())
     set_resources = {rule: dict(values) for rule, values in shipped["set-resources"].items()}
     # the test node has only a few CPUs; a request above them would never be scheduled
-    set_resources["caption_shard"]["cpus_per_gpu"] = min(shipped["set-resources"]["caption_shard"]["cpus_per_gpu"], cluster["cpus"])
+    for values in set_resources.values():
+        if "cpus_per_gpu" in values:
+            values["cpus_per_gpu"] = min(values["cpus_per_gpu"], cluster["cpus"])
     overrides = {
         "default-resources": {**shipped["default-resources"], "slurm_account": "trsllava-test", "slurm_partition": "debug"},
         "set-resources": set_resources,
@@ -270,8 +278,36 @@ def test_caption_shards_got_what_the_profile_and_captioner_declare(slurm_run):
         assert record["TresPerJob"] == "gres:gpu:1" and record["JOB_GRES"] == "gpu:1"
         assert int(record["NumCPUs"]) == expected_cpus
         assert _megabytes(record["MinMemoryNode"]) == CAPTIONER_MEM_MB
-    others = [r for r in records.values() if not r["Comment"].startswith("rule_caption_shard_")]
+    gpu_rules = ("rule_caption_shard_", "rule_embed_shard_")
+    others = [r for r in records.values() if not r["Comment"].startswith(gpu_rules)]
     assert others and all(r["JOB_GRES"] == "(null)" for r in others)
+
+
+def test_embedding_shards_got_what_the_profile_and_encoder_declare(slurm_run):
+    """Each text table's embedding ran as ENCODER_SHARDS SLURM jobs with the encoder's gpus and mem_mb
+    and the shipped profile's embed_shard runtime and CPUs per GPU; together they embedded each
+    distinct text of the table once, and the merge jobs assembled the same vectors as the local run."""
+    shipped = slurm_run["shipped"]["set-resources"]["embed_shard"]
+    expected_cpus = slurm_run["overrides"]["set-resources"]["embed_shard"]["cpus_per_gpu"]
+    shards = [r for r in slurm_run["watcher"].records.values() if r["Comment"].startswith("rule_embed_shard_")]
+    assert len(shards) == 3 * ENCODER_SHARDS
+    for record in shards:
+        assert _minutes(record["TimeLimit"]) == shipped["runtime"]
+        assert record["TresPerJob"] == "gres:gpu:1" and record["JOB_GRES"] == "gpu:1"
+        assert int(record["NumCPUs"]) == expected_cpus
+        assert _megabytes(record["MinMemoryNode"]) == ENCODER_MEM_MB
+    results = slurm_run["workdir"] / "results" / "sample"
+    for table, source in (("references", "dataset/references.parquet"), ("captions/tiny", "captions/tiny.parquet"),
+                          ("captions/claude-sample", "captions/claude-sample.parquet")):
+        reports = [json.loads((results / "embeddings" / "minilm" / "shards" / table / f"shard-{i}-of-{ENCODER_SHARDS}.json").read_text())
+                   for i in range(ENCODER_SHARDS)]
+        distinct = pl.read_parquet(results / source)["text"].n_unique()
+        assert sum(r["texts"] for r in reports) == distinct and all(r["texts"] for r in reports), table
+        assert sum(stats["encoded"] + stats["cached"] for r in reports for stats in r["caches"].values()) == distinct
+        cluster_rep = DenseRepresentation.load(results / "embeddings" / "minilm" / table)
+        local_rep = DenseRepresentation.load(slurm_run["localdir"] / "results" / "sample" / "embeddings" / "minilm" / table)
+        assert cluster_rep.texts == local_rep.texts
+        np.testing.assert_allclose(cluster_rep.vectors, local_rep.vectors, atol=1e-6)
 
 
 def test_results_equal_a_local_run(slurm_run):
@@ -307,5 +343,5 @@ def test_workstation_profile_plans_the_gpu_jobs(tmp_path):
     result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--profile", str(WORKSTATION), "-n"],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert re.search(r"caption_shard\s+2", result.stdout)
+    assert re.search(r"caption_shard\s+2", result.stdout) and re.search(r"embed_shard\s+6", result.stdout)
     assert yaml.safe_load((WORKSTATION / "config.yaml").read_text())["resources"] == {"gpu": 1}

@@ -17,7 +17,7 @@ from .atomic import atomic_directory, write_json, write_parquet
 from .captions.importer import describe_coverage, import_captions
 from .datasets import DatasetSpec, read_dataset
 from .datasets.report import describe_report
-from .encoders import build_encoder, load_representation
+from .encoders import VectorEncoder, build_encoder, load_representation
 from .encoders.lexical import BM25Encoder
 from .errors import TrsllavaError
 from .evaluation.evaluate import evaluate
@@ -204,12 +204,75 @@ def unique_texts(table: Path) -> list[str]:
     return pl.read_parquet(table, columns=["text"])["text"].unique(maintain_order=True).to_list()
 
 
-def embed_texts(config: dict, encoder_name: str, table: Path, out_dir: Path) -> None:
+def embedding_cache_root(config: dict) -> Path:
+    """The shared per-text embedding cache: config ``embedding_cache``, default <results>/cache/embeddings."""
+    return Path(config.get("embedding_cache") or Path(config["results"]) / "cache" / "embeddings")
+
+
+def _vector_encoder(config: dict, encoder_name: str) -> VectorEncoder:
+    encoder = build_encoder(encoder_name, config["encoders"][encoder_name])
+    if not isinstance(encoder, VectorEncoder):
+        raise TrsllavaError(f"encoder '{encoder_name}' (type {encoder.kind}) builds a whole-table index and caches no "
+                            f"vectors per text: it has no embedding shards")
+    return encoder
+
+
+def embed_shard(config: dict, encoder_name: str, table: Path, shard: int, shards: int, out: Path,
+                threads: int | None = None) -> None:
+    """Fill the embedding cache with shard ``shard`` of ``shards`` of a table's distinct texts
+    (resumable: cached texts are skipped) and write the shard's report (fingerprints, counts)."""
+    from .encoders.store import fill_cache, shard_texts
+
+    entry = config["encoders"][encoder_name]
+    if threads:  # the job's CPU share (Snakemake's threads, which --cores may lower), not every core
+        entry = {**entry, "threads": int(threads)}
+    encoder = _vector_encoder({"encoders": {encoder_name: entry}}, encoder_name)
+    texts = shard_texts(unique_texts(table), int(shard), int(shards))
+    report = fill_cache(encoder, texts, embedding_cache_root(config), batch_size=int(entry.get("cache_batch_size", 1024)),
+                        label=f"encoder {encoder_name}, shard {shard} of {shards} of {table}")
+    encoder.close()
+    write_json({**report, "shard": int(shard), "shards": int(shards), "table": str(table)}, out)
+
+
+def embed_texts(config: dict, encoder_name: str, table: Path, out_dir: Path, shards: list[Path] | None = None) -> None:
+    """The representation of a table's distinct texts (first-seen order). A vector encoder's is
+    assembled from the embedding cache, which its shard jobs filled (their reports are ``shards``;
+    without them this job embeds what is missing itself); BM25 indexes the texts here."""
+    from .encoders.store import write_representation
+
     encoder = build_encoder(encoder_name, config["encoders"][encoder_name])
     texts = unique_texts(table)
     log.info("encoder %s: %d distinct texts from %s", encoder_name, len(texts), table)
-    with atomic_directory(out_dir) as building:  # a killed or failed job leaves no partial cache
-        encoder.represent(texts, building)
+    if not isinstance(encoder, VectorEncoder):
+        with atomic_directory(out_dir) as building:  # a killed or failed job leaves no partial index
+            encoder.represent(texts, building)
+        return
+    root = embedding_cache_root(config)
+    if shards:
+        fingerprints = _shard_fingerprints([Path(p) for p in shards], encoder_name)
+    else:
+        from .encoders.store import fill_cache
+
+        entry = config["encoders"][encoder_name]
+        fingerprints = fill_cache(encoder, texts, root, batch_size=int(entry.get("cache_batch_size", 1024)))["roles"]
+    with atomic_directory(out_dir) as building:  # a killed or failed job leaves no partial representation
+        write_representation(encoder_name, texts, fingerprints, root, building, encoder.describe())
+
+
+def _shard_fingerprints(shards: list[Path], encoder_name: str) -> dict:
+    """The role fingerprints every shard report names; shards made with other settings are an error."""
+    import json
+
+    reports = [json.loads(path.read_text()) for path in shards]
+    numbers = sorted(int(r["shard"]) for r in reports)
+    if any(int(r["shards"]) != len(reports) for r in reports) or numbers != list(range(len(reports))):
+        raise TrsllavaError(f"encoder '{encoder_name}': shard reports {[str(p) for p in shards]} are not shards 0..{len(reports) - 1} "
+                            f"of one split")
+    for path, report in zip(shards[1:], reports[1:]):
+        if report["roles"] != reports[0]["roles"]:
+            raise TrsllavaError(f"encoder '{encoder_name}': {path} was embedded with other encoder settings than {shards[0]}; "
+                                f"rerun the embedding shards")
+    return reports[0]["roles"]
 
 
 def build_faiss_index(config: dict, encoder_name: str, captions_rep: Path, references_rep: Path, out_dir: Path) -> None:
@@ -221,7 +284,8 @@ def build_faiss_index(config: dict, encoder_name: str, captions_rep: Path, refer
             return
         captions = load_representation(encoder_name, entry, captions_rep)
         queries = load_representation(encoder_name, entry, references_rep)
-        write_index(np.asarray(captions.vectors), np.asarray(queries.vectors), config.get("index", {}), building)
+        # the caption texts are the documents of text-to-image search, the human captions its queries
+        write_index(np.asarray(captions.document_vectors), np.asarray(queries.query_vectors), config.get("index", {}), building)
 
 
 def evaluation_settings(config: dict) -> Settings:

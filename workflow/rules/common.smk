@@ -100,6 +100,53 @@ def captioning_env(wildcards):
     return f"../../envs/captioning-{family}.yaml"
 
 
+# -- embeddings (workflow/rules/embeddings.smk) -------------------------------------------------
+def _vector_encoders():
+    """Encoders embedding texts one by one (cached per text, sharded); BM25 is not one."""
+    import sys
+
+    sys.path.insert(0, f"{workflow.basedir}/src")
+    from trsllava.encoders import is_vector_encoder
+
+    return [name for name, entry in config["encoders"].items() if is_vector_encoder(entry)]
+
+
+VECTOR_ENCODERS = _vector_encoders()
+# the text tables a representation is made of: a dataset's human captions, or one caption set
+TEXT_TABLE = rf"references|captions/{NAME}"
+# encoder keys that change how a job runs, not its vectors: editing them reruns nothing
+ENCODER_RUNTIME_KEYS = {"batch_size", "device", "shards", "gpus", "threads", "mem_mb", "cache_batch_size"}
+
+
+def encoder_spec(encoder):
+    return {k: v for k, v in config["encoders"][encoder].items() if k not in ENCODER_RUNTIME_KEYS}
+
+
+def encoder_setting(encoder, key, default):
+    return int(config["encoders"][encoder].get(key, default))
+
+
+def text_table(wildcards):
+    """The table behind a `table` wildcard of embed_shard (references or captions/<captioner>)."""
+    if wildcards.table == "references":
+        return f"{R}/{wildcards.dataset}/dataset/references.parquet"
+    return f"{R}/{wildcards.dataset}/captions/{wildcards.table.removeprefix('captions/')}.parquet"
+
+
+def embedding_shards(table):
+    """Input function: the shard reports a representation of `table` (a pattern over the rule's
+    wildcards) is merged from; none for an encoder without per-text vectors (BM25)."""
+
+    def shard_reports(wildcards):
+        if wildcards.encoder not in VECTOR_ENCODERS:
+            return []
+        n = encoder_setting(wildcards.encoder, "shards", 1)
+        name = table.format(**dict(wildcards.items()))
+        return [f"{R}/{wildcards.dataset}/embeddings/{wildcards.encoder}/shards/{name}/shard-{i}-of-{n}.json" for i in range(n)]
+
+    return shard_reports
+
+
 def evaluated_datasets():
     return sorted({d for d, _ in caption_sets()})
 

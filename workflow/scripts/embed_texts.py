@@ -11,4 +11,5 @@ run(
     encoder_name=snakemake.wildcards.encoder,
     table=snakemake.input.table,
     out_dir=snakemake.output[0],
+    shards=list(snakemake.input.shards),
 )

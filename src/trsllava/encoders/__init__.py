@@ -1,5 +1,7 @@
 """Text encoders: a registry of types (dense sentence-transformers, lexical BM25) built from config."""
 
-from .registry import ENCODER_TYPES, Encoder, Representation, build_encoder, load_representation
+from .base import ROLES, Encoder, Representation, Role, VectorEncoder
+from .registry import ENCODER_TYPES, build_encoder, is_vector_encoder, load_representation
 
-__all__ = ["ENCODER_TYPES", "Encoder", "Representation", "build_encoder", "load_representation"]
+__all__ = ["ENCODER_TYPES", "ROLES", "Encoder", "Representation", "Role", "VectorEncoder", "build_encoder",
+           "is_vector_encoder", "load_representation"]

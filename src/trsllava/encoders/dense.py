@@ -1,31 +1,63 @@
-"""Dense sentence-transformers encoders: unit-normalised embeddings scored by inner product (cosine)."""
+"""Dense encoders: unit-normalised embeddings scored by inner product (cosine).
+
+``DenseRepresentation`` holds a query-role and a document-role matrix (the same array for a
+symmetric encoder); ``SentenceTransformerEncoder`` is the sentence-transformers implementation of
+``VectorEncoder`` (symmetric: no role prompts yet).
+"""
 
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import write_json, write_npy
-from .base import Encoder, Representation, load_texts, save_texts
-from .weights import resolve_model
+from ..errors import TrsllavaError
+from .base import Representation, Role, VectorEncoder, load_texts
+from .store import ROLE_FILES, VECTORS_FILE
+from .weights import ResolvedModel, resolve_identity
 
 log = logging.getLogger(__name__)
-VECTORS_FILE = "embeddings.npy"
 
 
 class DenseRepresentation(Representation):
-    def __init__(self, texts: list[str], vectors: np.ndarray):
+    """Texts with their vectors: ``vectors`` (document role; also the query role unless
+    ``query_vectors`` is given), float32 (len(texts), d), usually memory-mapped."""
+
+    def __init__(self, texts: list[str], vectors: np.ndarray, query_vectors: np.ndarray | None = None):
         super().__init__(texts)
-        self.vectors = vectors
+        self.document_vectors = vectors
+        self.query_vectors = vectors if query_vectors is None else query_vectors
+
+    @property
+    def symmetric(self) -> bool:
+        return self.query_vectors is self.document_vectors
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """The one matrix of a symmetric encoder; an asymmetric one has ``query_vectors`` and
+        ``document_vectors`` instead, and asking for ``vectors`` is an error rather than a guess."""
+        if not self.symmetric:
+            raise TrsllavaError("this representation is of an asymmetric encoder: use query_vectors or document_vectors")
+        return self.document_vectors
 
     def scores_against(self, documents: "DenseRepresentation", rows: np.ndarray) -> np.ndarray:
-        return np.asarray(self.vectors[rows], dtype=np.float32) @ np.asarray(documents.vectors, dtype=np.float32).T
+        """Inner products of self's query-role vectors ``rows`` with every document-role vector of
+        ``documents``: float32 (len(rows), len(documents)); cosine similarities for unit vectors."""
+        return np.asarray(self.query_vectors[rows], dtype=np.float32) @ np.asarray(documents.document_vectors, dtype=np.float32).T
 
     @classmethod
     def load(cls, directory: Path) -> "DenseRepresentation":
-        return cls(load_texts(directory), np.load(directory / VECTORS_FILE, mmap_mode="r"))
+        """Memory-map ``embeddings.npy`` (symmetric) or ``embeddings.{query,document}.npy``."""
+        directory = Path(directory)
+        texts = load_texts(directory)
+        if (directory / VECTORS_FILE).is_file():
+            return cls(texts, np.load(directory / VECTORS_FILE, mmap_mode="r"))
+        if all((directory / name).is_file() for name in ROLE_FILES.values()):
+            return cls(texts, np.load(directory / ROLE_FILES["document"], mmap_mode="r"),
+                       np.load(directory / ROLE_FILES["query"], mmap_mode="r"))
+        raise TrsllavaError(f"{directory} holds no embeddings ({VECTORS_FILE}, or {' and '.join(ROLE_FILES.values())})")
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -36,34 +68,69 @@ def pick_device(requested: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class SentenceTransformerEncoder(Encoder):
+class SentenceTransformerEncoder(VectorEncoder):
+    """sentence-transformers models (MiniLM, mpnet, any local or hub model), unit-normalised."""
+
     kind = "sentence-transformers"
 
+    def __init__(self, name: str, entry: dict):
+        super().__init__(name, entry)
+        self._model = None
+
+    @cached_property
+    def resolved(self) -> ResolvedModel:
+        """The folder or hub id to load and the identity of its weights (resolved once)."""
+        return resolve_identity(self.entry["model"], self.entry.get("revision"))
+
+    def prompt(self, role: Role) -> str | None:
+        """The text prepended to every ``role`` text (None: symmetric, no prompts)."""
+        return None
+
+    def fingerprint(self, role: Role) -> dict:
+        return {
+            "type": self.kind,
+            **self.resolved.identity,  # model (hub id) and weights (sha256, folder hash or commit)
+            "backend": self.entry.get("backend", "torch"),
+            "dimensions": self.entry.get("dimensions"),  # None: the model's own
+            "normalized": True,
+            "prompt": self.prompt(role),
+            "model_kwargs": self.entry.get("model_kwargs") or {},
+        }
+
     def load_model(self):
+        import torch
         from sentence_transformers import SentenceTransformer
 
-        source = resolve_model(self.entry["model"])
+        if self.entry.get("threads"):
+            torch.set_num_threads(int(self.entry["threads"]))  # a job's share of the CPUs, not all of them
+        resolved = self.resolved
         device = pick_device(self.entry.get("device", "auto"))
         backend = self.entry.get("backend", "torch")
-        log.info("encoder %s: loading %s on %s (backend %s)", self.name, source, device, backend)
+        log.info("encoder %s: loading %s on %s (backend %s)", self.name, resolved.source, device, backend)
         kwargs = {"device": device, "backend": backend}
+        if resolved.revision:
+            kwargs["revision"] = resolved.revision
         if self.entry.get("model_kwargs"):
             kwargs["model_kwargs"] = self.entry["model_kwargs"]
-        return SentenceTransformer(source, **kwargs)
+        return SentenceTransformer(resolved.source, **kwargs)
 
-    def encode(self, model, texts: list[str], progress: bool = True) -> np.ndarray:
+    def encode(self, model, texts: list[str], progress: bool = True, prompt: str | None = None) -> np.ndarray:
+        """``texts`` through a loaded ``model``: float32 (len(texts), d), unit-normalised."""
         vectors = model.encode(
             texts,
             batch_size=int(self.entry.get("batch_size", 64)),
             normalize_embeddings=True,  # cosine similarity as inner product, as FAISS IndexFlatIP expects
+            truncate_dim=self.entry.get("dimensions"),  # truncated first, then normalised
+            prompt=prompt,
             convert_to_numpy=True,
             show_progress_bar=progress,
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
-    def represent(self, texts: list[str], directory: Path) -> None:
-        model = self.load_model()
-        vectors = self.encode(model, texts)
-        write_npy(vectors, directory / VECTORS_FILE)
-        save_texts(texts, directory)
-        write_json({**self.describe(), "resolved_model": str(resolve_model(self.entry["model"])), "dim": vectors.shape[1] if vectors.ndim == 2 else 0}, directory / "encoder.json")
+    def embed(self, texts: list[str], role: Role) -> np.ndarray:
+        if self._model is None:
+            self._model = self.load_model()
+        return self.encode(self._model, texts, progress=False, prompt=self.prompt(role))
+
+    def close(self) -> None:
+        self._model = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import TrsllavaError
-from .base import Encoder, Representation
+from .base import Encoder, Representation, VectorEncoder
 from .dense import DenseRepresentation, SentenceTransformerEncoder
 from .lexical import BM25Encoder, BM25Representation
 
@@ -20,6 +20,12 @@ def build_encoder(name: str, entry: dict) -> Encoder:
     if kind not in ENCODER_TYPES:
         raise TrsllavaError(f"config: encoders.{name}.type is '{kind}'; known types: {sorted(ENCODER_TYPES)}")
     return ENCODER_TYPES[kind](name, entry)
+
+
+def is_vector_encoder(entry: dict) -> bool:
+    """Whether an encoder entry's type embeds texts one by one (cached per text, sharded)."""
+    kind = entry.get("type")
+    return kind in ENCODER_TYPES and issubclass(ENCODER_TYPES[kind], VectorEncoder)
 
 
 def load_representation(name: str, entry: dict, directory: Path) -> Representation:

@@ -8,12 +8,14 @@ Without those packages the aliases fall back to the hub ids.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import logging
 import os
 import shutil
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TrsllavaError
@@ -120,3 +122,55 @@ def resolve_model(model: str) -> str:
             f"or a hub id of the form org/name"
         )
     return model  # a hub id
+
+
+# -- identity of the weights: what an embedding cache is keyed by ---------------------------------
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What SentenceTransformer loads (``source``, at ``revision`` for a hub id) and what identifies
+    the weights by content, never by location: ``identity`` is ``{"model": hub id or None,
+    "weights": "sha256:<file>" | "folder-sha256:<all files>" | "commit:<hub commit>"}``."""
+
+    source: str
+    revision: str | None
+    identity: dict
+
+
+def resolve_identity(model: str, revision: str | None = None) -> ResolvedModel:
+    """Resolve config's ``model`` (see ``resolve_model``) and identify its weights: an alias by the
+    checked sha256 of its weights, a local folder by the hash of its files, a hub id by its commit
+    (``revision`` or the default branch's head, read from the local cache when offline)."""
+    source = resolve_model(model)
+    if model in ALIASES and Path(source).is_dir():
+        return ResolvedModel(source, None, {"model": ALIASES[model]["hub_id"], "weights": f"sha256:{ALIASES[model]['sha256']}"})
+    if Path(source).is_dir():
+        return ResolvedModel(source, None, {"model": None, "weights": f"folder-sha256:{folder_digest(Path(source))}"})
+    commit = hub_commit(source, revision)
+    return ResolvedModel(source, commit, {"model": source, "weights": f"commit:{commit}"})
+
+
+def folder_digest(folder: Path) -> str:
+    """SHA-256 over the sorted (relative path, SHA-256 of content) of every file of a model folder,
+    less hidden files and Markdown (a README edit does not change the vectors)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".md"
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    for path in files:
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_of(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def hub_commit(model: str, revision: str | None) -> str:
+    """The commit a hub id resolves to (two small files fetched, or read from the cache offline)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(model, revision=revision, allow_patterns=["modules.json", "config.json"]))
+    except Exception as error:  # offline without a cached copy, unknown repo or revision, no route to the hub
+        raise TrsllavaError(
+            f"encoder model '{model}'{f' at revision {revision}' if revision else ''}: cannot resolve it on the Hugging Face "
+            f"hub and it is not in the local cache ({type(error).__name__}); use an alias {sorted(ALIASES)} or a local "
+            f"model folder"
+        ) from error
+    return folder.name if folder.parent.name == "snapshots" else (revision or "unknown")

@@ -98,8 +98,7 @@ def _with_text_rows(rows: pl.DataFrame, texts: list[str], where) -> pl.DataFrame
 def _query_representation(archive: Archive, query: str):
     if archive.lexical:
         return BM25Representation([query], None, archive.encoder.stopwords)
-    encoder = archive.encoder
-    return DenseRepresentation([query], encoder.encode(encoder.load_model(), [query], progress=False))
+    return DenseRepresentation([query], archive.encoder.embed([query], "query"))  # a text-to-image query
 
 
 def text_search(archive: Archive, query: str, k: int = 10, aggregation: str = "max", caption_set: str | None = None) -> SearchResult:
@@ -111,7 +110,7 @@ def text_search(archive: Archive, query: str, k: int = 10, aggregation: str = "m
     rows = _with_text_rows(rows, rep.texts, archive.captions_rep_dir)
     query_rep = _query_representation(archive, query)
     if aggregation == "max" and not archive.lexical:
-        ranked = _faiss_max(archive, query_rep.vectors, rows, k)
+        ranked = _faiss_max(archive, query_rep.query_vectors, rows, k)
     else:
         ranked = _exact(query_rep.scores_against(rep, np.array([0]))[0], rows, aggregation, k)
     hits = [

@@ -1,0 +1,17 @@
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../../src")  # the package of this checkout, also in conda envs
+
+from trsllava import steps
+from trsllava.snakemake_glue import run
+
+run(
+    snakemake,
+    steps.embed_shard,
+    encoder_name=snakemake.wildcards.encoder,
+    table=snakemake.input.table,
+    shard=int(snakemake.wildcards.shard),
+    shards=int(snakemake.wildcards.shards),
+    out=snakemake.output[0],
+    threads=snakemake.threads,
+)
