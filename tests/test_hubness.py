@@ -206,6 +206,14 @@ def test_blocks_change_nothing(memory_mb):
     assert stats.sort(key).equals(reference.sort(key))
 
 
+def test_one_direction_only_leaves_the_other_raw():
+    stats, hubness = scene(["none", {"method": "csls", "k": 1, "directions": ["t2i"]}])
+    label = "csls(k=1,t2i only)"
+    assert counts(stats, "t2i", label) == {"0": (0, 0, 1), "1": (0, 1, 1), "2": (0, 0, 1), "3": (0, 1, 1)}
+    assert counts(stats, "i2t", label) == counts(stats, "i2t", "none")
+    assert ("i2t", "captions") not in hubness.penalties  # nothing computed for the raw direction
+
+
 def test_transductive_statistics_come_from_the_evaluated_queries():
     stats, hubness = scene([{"method": "csls", "k": 1, "bank": "transductive"}])
     # t2i: the evaluated captions' best scores per image: A .55 (rx), B .7 (rb), C .6 (rx)
@@ -322,6 +330,8 @@ def test_labels_and_defaults():
     ({"method": "csls", "bank": "transductive", "i2t_bank": "images"}, "i2t_bank applies to a query bank only"),
     ({"method": "csls", "bank": "transductive", "name": "csls-bank"}, "must say 'transductive'"),
     ({"method": "csls", "sigma": 1}, "unknown key"),
+    ({"method": "csls", "directions": ["t2i", "x"]}, "normalization[0].directions"),
+    ({"method": "csls", "directions": ["t2i"], "i2t_bank": "images"}, "i2t is not among its directions"),
 ])
 def test_bad_entries_name_the_key(entry, message):
     with pytest.raises(TrsllavaError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")):

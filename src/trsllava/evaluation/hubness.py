@@ -54,7 +54,7 @@ import numpy as np
 import polars as pl
 
 from ..encoders import Representation
-from .normalization_spec import NONE, NormalizationSpec
+from .normalization_spec import NormalizationSpec
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ class Hubness:
                    scores: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
         """(normalization label, normalised scores) for every spec, ``none`` first as given."""
         for spec in self.specs:
-            if spec.method == NONE:
+            if not spec.normalises(direction):
                 yield spec.label, scores
                 continue
             source = self.source_of(spec, direction)
@@ -290,11 +290,11 @@ class Hubness:
         ``views``; ``bank`` is required when a spec uses the query bank."""
         tolerance = protocol.settings.tie_tolerance
         penalties: dict = {}
-        active = [s for s in specs if s.method != NONE]
         for direction in ("t2i", "i2t"):
             by_source = defaultdict(list)
-            for spec in active:
-                by_source[cls.source_of(spec, direction)].append(spec)
+            for spec in specs:
+                if spec.normalises(direction):
+                    by_source[cls.source_of(spec, direction)].append(spec)
             for source, group in by_source.items():
                 if source != "transductive" and bank is None:
                     raise ValueError(f"normalization {group[0].label} needs a query bank")

@@ -23,6 +23,8 @@ An entry is a method name (its default parameters) or a mapping::
   i2t_bank  how the query bank stands in for image-to-text queries: captions (each bank text is a
             pseudo-query; default) or images (each bank image, represented by its bank captions
             and aggregated like the evaluated images' texts, is a pseudo-query)
+  directions  which directions are normalised (default [t2i, i2t]); the other keeps its raw scores
+            under the same label (e.g. [t2i]: labelled "..., t2i only")
   name      the label in the ablation's ``normalization`` column (default: method and parameters)
 """
 
@@ -39,7 +41,8 @@ I2T_BANKS = ("captions", "images")
 DEFAULT_I2T_BANK = "captions"
 PARAMETERS = {NONE: (), "csls": ("k",), "inverted-softmax": ("beta",), "qb-norm": ("beta", "k")}
 DEFAULTS = {"csls": {"k": 10}, "inverted-softmax": {"beta": 2.0}, "qb-norm": {"beta": 2.0, "k": 1}}
-KEYS = ("method", "k", "beta", "bank", "i2t_bank", "name")
+KEYS = ("method", "k", "beta", "bank", "i2t_bank", "directions", "name")
+DIRECTIONS = ("t2i", "i2t")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class NormalizationSpec:
     beta: float = 0.0
     bank: str = "query-bank"
     i2t_bank: str = DEFAULT_I2T_BANK
+    directions: tuple[str, ...] = DIRECTIONS
 
     @property
     def transductive(self) -> bool:
@@ -60,6 +64,9 @@ class NormalizationSpec:
     @property
     def needs_query_bank(self) -> bool:
         return self.method != NONE and not self.transductive
+
+    def normalises(self, direction: str) -> bool:
+        return self.method != NONE and direction in self.directions
 
 
 def _number(value) -> str:
@@ -101,17 +108,28 @@ def normalization_spec(entry, index: int) -> NormalizationSpec:
         raise TrsllavaError(f"{where}.i2t_bank is {i2t_bank!r}; known: {list(I2T_BANKS)}")
     if i2t_bank != DEFAULT_I2T_BANK and (method == NONE or bank == "transductive"):
         raise TrsllavaError(f"{where}.i2t_bank applies to a query bank only (not to method none or bank transductive)")
+    directions = entry.get("directions", list(DIRECTIONS))
+    if not isinstance(directions, list) or not directions or any(d not in DIRECTIONS for d in directions) \
+            or len(set(directions)) != len(directions):
+        raise TrsllavaError(f"{where}.directions must be a non-empty list of {list(DIRECTIONS)}, got {directions!r}")
+    if method == NONE and "directions" in entry:
+        raise TrsllavaError(f"{where}: method none normalises no direction")
+    directions = tuple(d for d in DIRECTIONS if d in directions)
+    if i2t_bank != DEFAULT_I2T_BANK and "i2t" not in directions:
+        raise TrsllavaError(f"{where}.i2t_bank is set but i2t is not among its directions")
     label = entry.get("name")
     if label is None:
         parts = [f"{key}={_number(params[key])}" for key in PARAMETERS[method]]
         if i2t_bank != DEFAULT_I2T_BANK:
             parts.append(f"i2t={i2t_bank}")
+        if directions != DIRECTIONS:
+            parts.append(f"{directions[0]} only")
         label = method + ("-transductive" if bank == "transductive" else "") + (f"({','.join(parts)})" if parts else "")
     elif not isinstance(label, str) or not label.strip():
         raise TrsllavaError(f"{where}.name must be a non-empty string, got {label!r}")
     elif bank == "transductive" and "transductive" not in label:
         raise TrsllavaError(f"{where}.name {label!r}: a transductive normalization's label must say 'transductive'")
-    return NormalizationSpec(label, method, int(k), float(beta), bank, i2t_bank)
+    return NormalizationSpec(label, method, int(k), float(beta), bank, i2t_bank, directions)
 
 
 def check_normalizations(config: dict) -> list[NormalizationSpec]:
