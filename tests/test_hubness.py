@@ -206,6 +206,19 @@ def test_blocks_change_nothing(memory_mb):
     assert stats.sort(key).equals(reference.sort(key))
 
 
+def test_bank_queries_are_the_tables_texts_not_every_embedded_text():
+    # the representation holds a third text (b3) that the bank table does not name: it is no bank query
+    rep = TableRepresentation(["b1", "b3", "b2"], {**SCORES, **table(["b3"], GENS + REFS, [[5, 5, 5, 5, 5, 5, 5]])})
+    bank = QueryBank.from_table(BANK_TABLE, rep)
+    assert sorted(rep.texts[i] for i in bank.distinct) == ["b1", "b2"]
+    protocol = Protocol(gallery(["A", "B", "C"]), REFERENCES, "test", TableRepresentation(REFS, SCORES),
+                        TableRepresentation(GENS, SCORES), Settings(aggregations=("max",), progress=False))
+    views = [protocol.view(label, rows) for label, rows in caption_set_views(CAPTIONS)]
+    hubness = Hubness.prepare(protocol, views, check_normalizations({"normalization": [{"method": "csls", "k": 1}]}), bank)
+    assert hubness.penalties[("t2i", "query-bank")][("p", "max")]["csls(k=1)"].penalty == pytest.approx([.15, .45, .2])
+    assert hubness.penalties[("i2t", "captions")][(None, "max")]["csls(k=1)"].penalty == pytest.approx([.15, .15, .1, .35])
+
+
 def test_one_direction_only_leaves_the_other_raw():
     stats, hubness = scene(["none", {"method": "csls", "k": 1, "directions": ["t2i"]}])
     label = "csls(k=1,t2i only)"

@@ -72,6 +72,11 @@ class QueryBank:
     text: np.ndarray  # per bank row: index into rep
     group: np.ndarray  # per bank row: bank image id (dense int), rows sorted by it
 
+    @property
+    def distinct(self) -> np.ndarray:
+        """Indices into rep of the distinct bank texts (rep may hold more texts than the bank)."""
+        return np.unique(self.text)
+
     @classmethod
     def from_table(cls, table: pl.DataFrame, rep: Representation) -> "QueryBank":
         """``table``: the bank rows (group, text) written by ``query_bank.write_query_bank``;
@@ -87,8 +92,8 @@ class QueryBank:
         """(text rows, owner) of the image-to-text pseudo-queries, owners sorted: ``captions`` (each
         distinct text alone) or ``images`` (each bank image with its texts)."""
         if mode == "captions":
-            rows = np.arange(len(self.rep), dtype=np.int64)
-            return rows, rows.copy()
+            rows = self.distinct
+            return rows, np.arange(len(rows), dtype=np.int64)
         return self.text, self.group
 
 
@@ -313,7 +318,7 @@ def _source(protocol, views: Sequence, direction: str, source: str, bank: QueryB
         if source == "transductive":
             rep, rows = protocol.reference_rep, np.unique(protocol.ref_text[protocol.t2i_queries])
         else:
-            rep, rows = bank.rep, np.arange(len(bank.rep), dtype=np.int64)
+            rep, rows = bank.rep, bank.distinct
 
         def t2i_stream(subset):
             chosen = rows if subset is None else rows[subset]
