@@ -175,7 +175,7 @@ def join_caption_fields(config: dict, captions: Path, out: Path) -> None:
     from .captioning.prompts import load_prompts
     from .evaluation.caption_sets import join_fields
 
-    orders = {prompt_id: tuple(prompt.fields) for prompt_id, prompt in load_prompts(config.get("prompts")).items()}
+    orders = {prompt_id: prompt.fields for prompt_id, prompt in load_prompts(config.get("prompts")).items() if prompt.fields}
     joined = join_fields(pl.read_parquet(captions), orders)
     log.info("joined caption sets of %s: %d texts for prompts %s", captions, joined.height,
              sorted(joined["prompt"].unique().to_list()))
