@@ -97,8 +97,10 @@ def _datasets(ablation: pl.DataFrame) -> list[str]:
 
 
 def mr_heatmap(ablation: pl.DataFrame, dataset: str, order: str = "mR") -> Figure:
-    """order: mR (rows and columns alphabetical) or config (as they come in ``ablation``)."""
+    """order: mR (rows and columns alphabetical) or config (as they come in ``ablation``). A cell is
+    the best non-transductive row (transductive normalizations appear in mr_by_normalization)."""
     part = ablation.filter((pl.col("dataset") == dataset) & pl.col("mR").is_not_null() & pl.col("mR").is_not_nan())
+    part = part.filter(~transductive(part))
     best = (
         part.sort("mR", descending=True, maintain_order=True)
         .group_by(["captioner", "prompt", "encoder"], maintain_order=True)
