@@ -346,7 +346,7 @@ def _source(protocol, views: Sequence, direction: str, source: str, bank: QueryB
         for block in protocol.bank_blocks(len(chosen), views, direction="i2t", texts_per_query=per_group):
             groups = chosen[block]
             members = np.concatenate([np.arange(starts[g], ends[g]) for g in groups]) if len(groups) else np.zeros(0, np.int64)
-            for aggregation, (_, scores) in protocol.grouped_i2t_scores(bank.rep, text_rows[members], owner[members]).items():
+            for aggregation, _, scores in protocol.grouped_i2t_scores(bank.rep, text_rows[members], owner[members]):
                 yield (None, aggregation), scores
 
     return i2t_stream, len(starts), len(protocol.ref_text)

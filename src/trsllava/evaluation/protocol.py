@@ -232,7 +232,8 @@ class Protocol:
         images = self.query_images if images is None else images
         n_refs = len(self.ref_text)
         rows_per_image = max(1, max((view_rows(v) for v in views), default=1) / max(self.n_images, 1))
-        step = self._block_rows(int((len(views) * rows_per_image + 2) * n_refs + len(self.reference_rep)) * share)
+        members = max((view_members(v) for v in views), default=1)
+        step = self._block_rows(int((len(views) * rows_per_image + 1 + members) * n_refs + len(self.reference_rep)) * share)
         show = self.settings.progress if progress is None else progress
         bar = tqdm(total=len(images), desc="image-to-text", unit="image", disable=not show)
         for start in range(0, len(images), step):
@@ -262,39 +263,39 @@ class Protocol:
         """(view, aggregation, images x reference captions scores) of the image-to-text query
         ``images``, one view and aggregation at a time."""
         for view in views:
-            per_aggregation = self._i2t_view_scores(images, view)
-            for aggregation in self.settings.aggregations:
-                yield view, aggregation, per_aggregation[aggregation]
+            for aggregation, scores in self._i2t_view_scores(images, view):
+                yield view, aggregation, scores
 
-    def _i2t_view_scores(self, images: np.ndarray, view) -> dict[str, np.ndarray]:
-        """aggregation -> (images x reference captions) scores of one view."""
+    def _i2t_view_scores(self, images: np.ndarray, view) -> Iterator[tuple[str, np.ndarray]]:
+        """(aggregation, images x reference captions scores) of one view, one aggregation at a time
+        (a caption-set fusion walks its members in step)."""
         if isinstance(view, CaptionSetFusion):
-            parts = [self._i2t_view_scores(images, member) for member in view.members]
-            return {a: _weighted_mean([p[a] for p in parts], view.weights) for a in self.settings.aggregations}
+            for parts in zip(*(self._i2t_view_scores(images, member) for member in view.members), strict=True):
+                yield parts[0][0], _weighted_mean([scores for _, scores in parts], view.weights)
+            return
         members = np.flatnonzero(np.isin(view.row_image, images))
         position = {int(image): i for i, image in enumerate(images)}
-        out = {}
-        grouped = self.grouped_i2t_scores(self.generated_rep, view.gen_idx[members], view.row_image[members])
+        stream = self.grouped_i2t_scores(self.generated_rep, view.gen_idx[members], view.row_image[members])
         for aggregation in self.settings.aggregations:
             scores = np.full((len(images), len(self.ref_text)), -np.inf, dtype=np.float64)
-            if aggregation in grouped:
-                owners, per_image = grouped[aggregation]
+            found = next(stream, None)
+            if found is not None:
+                _, owners, per_image = found
                 scores[[position[int(o)] for o in owners]] = per_image
-            out[aggregation] = scores
-        return out
+            yield aggregation, scores
 
     def grouped_i2t_scores(self, rep: Representation, text_rows: np.ndarray,
-                           owner: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """aggregation -> (owners, owners x reference captions scores): each owner (an image, or a
-        bank pseudo-image) is represented by its texts ``text_rows`` of ``rep`` (rows sorted by
-        ``owner``) and scores every human caption of the gallery; empty when there is no row."""
+                           owner: np.ndarray) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """(aggregation, owners, owners x reference captions scores), one aggregation at a time:
+        each owner (an image, or a bank pseudo-image) is represented by its texts ``text_rows`` of
+        ``rep`` (rows sorted by ``owner``) and scores every human caption of the gallery; nothing
+        when there is no row."""
         if len(text_rows) == 0:
-            return {}
+            return
         settings = self.settings
         texts, inverse = np.unique(text_rows, return_inverse=True)
         sims = rep.scores_against(self.reference_rep, texts)
         starts, owners = _group_starts(owner)
-        out = {}
         for aggregation in settings.aggregations:
             if aggregation == "rrf":  # ranks need every reference caption, duplicates included
                 per_row = sims[inverse][:, self.ref_text]
@@ -302,8 +303,7 @@ class Protocol:
                 per_owner = _reduce(per_row, starts, "sum", axis=0)
             else:  # max/mean commute with picking columns: reduce on distinct texts first
                 per_owner = _reduce(sims[inverse], starts, aggregation, axis=0)[:, self.ref_text]
-            out[aggregation] = (owners, per_owner)
-        return out
+            yield aggregation, owners, per_owner
 
 
 def tie_counts(scores: np.ndarray, relevant: np.ndarray, tolerance: float) -> tuple[np.ndarray, ...]:
@@ -341,6 +341,11 @@ def view_rows(view) -> int:
     if isinstance(view, CaptionSetFusion):
         return sum(view_rows(member) for member in view.members)
     return len(view.gen_idx)
+
+
+def view_members(view) -> int:
+    """How many base views a view scores at once (a fusion: its members), for the memory budget."""
+    return len(view.members) if isinstance(view, CaptionSetFusion) else 1
 
 
 def _weighted_mean(parts: list[np.ndarray], weights) -> np.ndarray:
