@@ -112,3 +112,86 @@ def naive_fusion_evaluate(S_list, weights, k, ref_images, gen_images, gen_slots,
             for scores, image in zip(i2t, image_ids)]))
     out["mR"] = float(np.mean([out[f"{d}_r{k_}"] for d in ("i2t", "t2i") for k_ in ks]))
     return out
+
+
+# -- hubness-aware scoring, naively -------------------------------------------------------------------
+
+def naive_penalties(bank_scores, method, k=None, beta=None, tol=1e-6):
+    """Per gallery item the penalty (and for qb-norm the activation set), from a list of bank rows
+    (each a list of scores over the gallery, -inf = no score), written straight from the papers'
+    formulas: csls r_k / 2; inverted softmax T log(mean exp(S / T)), T = std(all finite bank
+    scores) / beta; qb-norm the same with the items within tol of a bank row's k-th best."""
+    import math
+
+    rows = [row for row in bank_scores if any(math.isfinite(v) for v in row)]
+    n_items = len(bank_scores[0])
+    columns = [[row[g] for row in rows if math.isfinite(row[g])] for g in range(n_items)]
+    if method == "csls":
+        penalty = []
+        for values in columns:
+            top = sorted(values, reverse=True)[:k]
+            penalty.append(sum(top) / len(top) / 2 if top else 0.0)
+        return penalty, None
+    every = [v for row in rows for v in row if math.isfinite(v)]
+    mean = sum(every) / len(every)
+    sigma = math.sqrt(sum((v - mean) ** 2 for v in every) / len(every)) or 1.0
+    temperature = sigma / beta
+    penalty = [temperature * math.log(sum(math.exp(v / temperature) for v in values) / len(values)) if values else 0.0
+               for values in columns]
+    if method == "inverted-softmax":
+        return penalty, None
+    active = [False] * n_items
+    for row in rows:
+        finite = sorted((v for v in row if math.isfinite(v)), reverse=True)
+        kth = finite[k - 1] if len(finite) >= k else -math.inf
+        for g, v in enumerate(row):
+            if math.isfinite(v) and v >= kth - tol:
+                active[g] = True
+    return penalty, active
+
+
+def naive_normalize(scores, penalty, active=None, tol=1e-6):
+    """One query's normalised scores: minus the penalty (qb-norm: only when an item within tol of
+    the query's best score is active)."""
+    import math
+
+    if active is not None:
+        best = max(scores)
+        if not any(math.isfinite(s) and s >= best - tol and a for s, a in zip(scores, active)):
+            return list(scores)
+    return [s - p for s, p in zip(scores, penalty)]
+
+
+def naive_normalized_evaluate(S, S_bank, ref_images, gen_images, gen_slots, image_ids, method, how="max", k=None,
+                              beta=None, tol=1e-6, ks=(1, 5, 10), R_bank=None, bank_groups=None):
+    """Recall of one normalization, both directions, one query at a time. S[r][g]: score of
+    reference row r and generated row g (symmetric encoder); S_bank[b][g]: bank text b against
+    generated row g (t2i bank); R_bank[b][r]: bank text b against reference row r (i2t bank);
+    bank_groups: the bank texts of each i2t pseudo-query (default: each text alone)."""
+    t2i_bank = [naive_t2i_scores(S_bank, b, gen_images, gen_slots, image_ids, how) for b in range(len(S_bank))]
+    t2i_pen, t2i_act = naive_penalties(t2i_bank, method, k, beta, tol)
+    groups = bank_groups or [[b] for b in range(len(R_bank))]
+    i2t_bank = []
+    for members in groups:
+        if how == "rrf":
+            total = [0.0] * len(ref_images)
+            for b in members:
+                for r, rank in enumerate(naive_rank(R_bank[b], 0.0)):
+                    total[r] += 1.0 / (60 + rank)
+            i2t_bank.append(total)
+        else:
+            i2t_bank.append([_aggregate([R_bank[b][r] for b in members], how) for r in range(len(ref_images))])
+    i2t_pen, i2t_act = naive_penalties(i2t_bank, method, k, beta, tol)
+    out = {}
+    t2i = [naive_normalize(naive_t2i_scores(S, q, gen_images, gen_slots, image_ids, how), t2i_pen, t2i_act, tol)
+           for q in range(len(ref_images))]
+    i2t = [naive_normalize(naive_i2t_scores(S, image, gen_images, how), i2t_pen, i2t_act, tol) for image in image_ids]
+    for k_ in ks:
+        out[f"t2i_r{k_}"] = 100 * float(np.mean([
+            expected_recall(scores, [image == q_image for image in image_ids], k_, tol)[0]
+            for scores, q_image in zip(t2i, ref_images)]))
+        out[f"i2t_r{k_}"] = 100 * float(np.mean([
+            expected_recall(scores, [owner == image for owner in ref_images], k_, tol)[0]
+            for scores, image in zip(i2t, image_ids)]))
+    out["mR"] = float(np.mean([out[f"{d}_r{k_}"] for d in ("i2t", "t2i") for k_ in ks]))
+    return out

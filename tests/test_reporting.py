@@ -25,7 +25,7 @@ def synthetic_rows() -> list[dict]:
     ):
         base = 4.0 + (n * 7.31) % 12.0 + 1 / 3  # keeps every other mR below 42.62
         row = {"dataset": dataset, "captioner": "qwen2_vl", "prompt": prompt, "encoder": encoder,
-               "aggregation": aggregation}
+               "aggregation": aggregation, "normalization": "none"}
         values = []
         for direction, k in itertools.product(("i2t", "t2i"), (1, 5, 10)):
             value = min(100.0, base * (1 + k / 4) * (0.9 if direction == "t2i" else 1.0))
@@ -94,7 +94,8 @@ def test_write_ablation(metric_files, tmp_path):
     assert "44.12" in best_line and "40.62" in best_line  # its mR bounds, 2 decimals
     assert "i2t_r1_optimistic" not in markdown[0]
     # every number has exactly two decimals
-    cells = [c.strip() for line in markdown[2:] for c in line.strip("|").split("|")][5:14]
+    first_number = ABLATION_COLUMNS.index("i2t_r1")
+    cells = [c.strip() for line in markdown[2:] for c in line.strip("|").split("|")][first_number:first_number + 9]
     assert all(len(c.split(".")[1]) == 2 for c in cells)
 
     latex = paths["tex"].read_text()
@@ -132,7 +133,7 @@ def test_write_figures(metric_files, tmp_path):
     expected = [
         f"{stem}.{fmt}"
         for stem in ["mr_heatmap_sample", "mr_heatmap_rsitmd", "recall_bars_sample", "recall_bars_rsitmd",
-                     "headline"]
+                     "mr_normalization_sample", "mr_normalization_rsitmd", "headline"]
         for fmt in ("png", "pdf")
     ]
     _check_figures(paths, expected, out)
@@ -143,7 +144,7 @@ def test_write_figures_single_row(tmp_path):
     ablation = pl.DataFrame([{c: row[c] for c in ABLATION_COLUMNS}])  # no bound columns at all
     out = tmp_path / "one"
     paths = write_figures(ablation, out, formats=("png",))
-    _check_figures(paths, ["mr_heatmap_sample.png", "recall_bars_sample.png", "headline.png"], out)
+    _check_figures(paths, ["mr_heatmap_sample.png", "recall_bars_sample.png", "mr_normalization_sample.png", "headline.png"], out)
 
 
 def test_load_reference_results():
@@ -199,4 +200,27 @@ def test_headline_shows_best_row_clip_oracle_and_published(tmp_path):
     fig.savefig(tmp_path / "headline.svg", format="svg")
     svg = (tmp_path / "headline.svg").read_text()
     for text in ("trsllava (best)", "zero-shot clip:vit-b32", "oracle, diagnostic", "diagnostic upper bound", "Sources:"):
+        assert text in svg, text
+
+
+def test_rows_without_normalization_read_as_none_and_transductive_rows_are_never_best(tmp_path):
+    from trsllava.reporting.figures import _our_bars, mr_by_normalization
+    from trsllava.reporting.tables import to_latex
+
+    old = {c: v for c, v in synthetic_rows()[0].items() if c != "normalization"}  # a metrics file of an older run
+    (tmp_path / "old.parquet").write_bytes(b"")
+    pl.DataFrame([old]).write_parquet(tmp_path / "old.parquet")
+    normalized = [{**old, "normalization": "csls(k=10)", "mR": old["mR"] + 1.0},
+                  {**old, "normalization": "qb-norm-transductive(beta=2,k=1)", "mR": old["mR"] + 5.0}]
+    pl.DataFrame(normalized).write_parquet(tmp_path / "new.parquet")
+    ablation = gather_ablation([tmp_path / "old.parquet", tmp_path / "new.parquet"])
+    assert sorted(ablation["normalization"]) == ["csls(k=10)", "none", "qb-norm-transductive(beta=2,k=1)"]
+    # the transductive row has the highest mR but is reported only: the bold best is csls
+    bold = [line for line in to_latex(ablation).splitlines() if r"\textbf" in line]
+    assert len(bold) == 1 and "csls(k=10)" in bold[0]
+    assert _our_bars(ablation)[0][0].endswith("· csls(k=10)")  # the headline's best row names its normalization
+    fig = mr_by_normalization(ablation, "sample")
+    fig.savefig(tmp_path / "norm.svg", format="svg")
+    svg = (tmp_path / "norm.svg").read_text()
+    for text in ("csls(k=10)", "qb-norm-transductive", "by normalization"):
         assert text in svg, text

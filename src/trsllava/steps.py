@@ -275,6 +275,44 @@ def _shard_fingerprints(shards: list[Path], encoder_name: str) -> dict:
     return reports[0]["roles"]
 
 
+def embed_query_bank(config: dict, encoder_name: str, table: Path, out_dir: Path) -> None:
+    """Embed each distinct text of a dataset's query bank once per encoder (hubness statistics)."""
+    embed_texts(config, encoder_name, table, out_dir)
+
+
+def prepare_query_bank(config: dict, dataset: str, out: Path) -> None:
+    """Write the dataset's query bank (group, text): queries that are not the evaluated ones."""
+    from .datasets.query_bank import load_query_bank
+
+    table, source = load_query_bank(config, dataset)
+    log.info("query bank of %s: %d captions (%d distinct) of %d groups, from %s", dataset, table.height,
+             table["text"].n_unique(), table["group"].n_unique(), source)
+    write_parquet(table, out)
+
+
+def join_caption_fields(config: dict, captions: Path, out: Path) -> None:
+    """The joined caption sets of a captioner (<prompt>/joined): per variant its fields in one text,
+    the prompt's field order from the prompt registry; an empty table when no prompt has fields."""
+    from .captioning.prompts import load_prompts
+    from .evaluation.caption_sets import join_fields
+
+    orders = {prompt_id: prompt.fields for prompt_id, prompt in load_prompts(config.get("prompts")).items() if prompt.fields}
+    joined = join_fields(pl.read_parquet(captions), orders)
+    log.info("joined caption sets of %s: %d texts for prompts %s", captions, joined.height,
+             sorted(joined["prompt"].unique().to_list()))
+    write_parquet(joined, out)
+
+
+def embed_joined_captions(config: dict, encoder_name: str, table: Path, out_dir: Path) -> None:
+    """Embed the joined texts of a captioner; an empty table leaves an empty folder (never read)."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    if pl.read_parquet(table, columns=["text"]).is_empty():
+        log.info("no joined texts in %s: nothing to embed", table)
+        (Path(out_dir) / "EMPTY").write_text("no joined caption set: the captioner has no prompt with several fields\n")
+        return
+    embed_texts(config, encoder_name, table, out_dir)
+
+
 def build_faiss_index(config: dict, encoder_name: str, captions_rep: Path, references_rep: Path, out_dir: Path) -> None:
     entry = config["encoders"][encoder_name]
     with atomic_directory(out_dir) as building:  # a killed or failed job leaves no partial index folder
@@ -286,6 +324,21 @@ def build_faiss_index(config: dict, encoder_name: str, captions_rep: Path, refer
         queries = load_representation(encoder_name, entry, references_rep)
         # the caption texts are the documents of text-to-image search, the human captions its queries
         write_index(np.asarray(captions.document_vectors), np.asarray(queries.query_vectors), config.get("index", {}), building)
+
+
+def evaluation_extras(config: dict, inputs: dict):
+    """The joined caption sets, caption-set fusions, normalizations and query bank of an
+    evaluation (``inputs``: the rule's input files; joined / bank present when config asks)."""
+    from .evaluation.caption_set_spec import caption_set_fusion_specs
+    from .evaluation.evaluate import Extras
+    from .evaluation.normalization_spec import check_normalizations
+
+    return Extras(
+        joined_path=Path(inputs["joined"]) if inputs.get("joined") else None,
+        caption_set_fusions=tuple(caption_set_fusion_specs(config)),
+        normalizations=tuple(check_normalizations(config)),
+        bank_path=Path(inputs["bank"]) if inputs.get("bank") else None,
+    )
 
 
 def evaluation_settings(config: dict) -> Settings:
@@ -313,6 +366,9 @@ def evaluate_caption_set(config: dict, dataset: str, captioner: str, encoder_nam
         settings=evaluation_settings(config),
         metrics_out=Path(metrics_out),
         ranks_out=Path(ranks_out),
+        extras=evaluation_extras(config, inputs),
+        joined_rep_dir=Path(inputs["joined_rep"]) if inputs.get("joined_rep") else None,
+        bank_rep_dir=Path(inputs["bank_rep"]) if inputs.get("bank_rep") else None,
     )
 
 
@@ -336,6 +392,9 @@ def evaluate_fusion(config: dict, dataset: str, captioner: str, fusion: str, inp
         settings=evaluation_settings(config),
         metrics_out=Path(metrics_out),
         ranks_out=Path(ranks_out),
+        extras=evaluation_extras(config, inputs),
+        joined_rep_dirs=[Path(p) for p in inputs["joined_reps"]] if inputs.get("joined_reps") else None,
+        bank_rep_dirs=[Path(p) for p in inputs["bank_reps"]] if inputs.get("bank_reps") else None,
     )
 
 

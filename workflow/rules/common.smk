@@ -30,6 +30,31 @@ def _check_fusions():
 
 _check_fusions()
 
+
+def _checked_extras():
+    """The normalizations (hubness-aware scoring) and caption-set fusions of config, checked at
+    start: a bad entry stops the run before any job, with its key named."""
+    from trsllava.errors import TrsllavaError
+    from trsllava.evaluation.caption_set_spec import caption_set_fusion_specs, joined_enabled
+    from trsllava.evaluation.normalization_spec import check_normalizations
+
+    try:
+        return check_normalizations(config), caption_set_fusion_specs(config), joined_enabled(config)
+    except TrsllavaError as error:
+        raise WorkflowError(f"trsllava: {error}") from None
+
+
+NORMALIZATIONS, CAPTION_SET_FUSIONS, JOINED = _checked_extras()
+
+
+def evaluation_params(wildcards):
+    """What an evaluation computes beyond the caption table: a change reruns it."""
+    return {
+        "normalization": config.get("normalization", ["none"]),
+        "caption_sets": config.get("caption_sets", {}),
+        "query_bank": config["datasets"][wildcards.dataset].get("query_bank"),
+    }
+
 R = config["results"]
 
 
@@ -268,6 +293,7 @@ def ablation_tables():
 def figure_files():
     datasets = sorted({d for d, _ in caption_sets()})
     names = [f"mr_heatmap_{d}" for d in datasets] + [f"recall_bars_{d}" for d in datasets]
+    names += [f"mr_normalization_{d}" for d in datasets]
     names.append("headline")
     return [
         f"{R}/figures/{name}.{fmt}"

@@ -370,11 +370,17 @@ def database_texts(prompt: Prompt, parsed: ParsedOutput, mode: str = "fields") -
         return [(None, parsed.fields[None])]
     if mode == "fields":
         return [(name, parsed.fields[name]) for name in prompt.fields]
-    parts = []
-    for name in prompt.fields:
-        part = parsed.fields[name].strip()
-        parts.append(part if part[-1] in ".!?\"')" else part + ".")
-    return [(JOINED_FIELD, " ".join(parts))]
+    return [(JOINED_FIELD, join_field_texts([parsed.fields[name] for name in prompt.fields]))]
+
+
+def join_field_texts(parts: list[str]) -> str:
+    """Field texts as one database text, in the given order: a full stop is added to a part that
+    does not end a sentence; blank parts are left out."""
+    out = []
+    for part in (p.strip() for p in parts):
+        if part:
+            out.append(part if part[-1] in ".!?\"')" else part + ".")
+    return " ".join(out)
 
 
 # ----------------------------------------------------------------------------------------- report

@@ -20,6 +20,11 @@ while staying far below the gap between neighbouring ranks (about 1 / (k + n)^2)
 
 Blocks: a query's ranks need only its own row of scores, so the fusion walks the same query blocks
 as the single-encoder evaluation, holding one block of scores per encoder at a time.
+
+Hubness-aware scoring: with one ``Hubness`` per encoder, each encoder's *normalised* scores are
+ranked (the normalization's penalties are per encoder: hubs of a dense space are not BM25's), and
+the fused row of normalization N fuses every encoder's ranking under N. The normalised scores keep
+the raw scores' units, so the rank tolerance tau means the same as without normalization.
 """
 
 from __future__ import annotations
@@ -68,37 +73,48 @@ class FusedProtocol:
         self.protocols = list(protocols)
         self.spec = spec
 
-    def _fuse(self, parts) -> tuple[View, str, np.ndarray]:
-        labels = {(view.label, aggregation) for view, aggregation, _ in parts}
+    def _fuse(self, parts) -> tuple[View, str, str, np.ndarray]:
+        labels = {(view.label, aggregation, normalization) for view, aggregation, normalization, _ in parts}
         if len(labels) != 1:
-            raise ValueError(f"encoders disagree on the caption set / aggregation: {sorted(labels)}")
-        view, aggregation, _ = parts[0]
+            raise ValueError(f"encoders disagree on the caption set / aggregation / normalization: {sorted(labels)}")
+        view, aggregation, normalization, _ = parts[0]
         tolerance = self.protocols[0].settings.tie_tolerance
-        return view, aggregation, rrf_scores([s for _, _, s in parts], self.spec.weights, self.spec.k, tolerance)
+        return view, aggregation, normalization, rrf_scores([s for *_, s in parts], self.spec.weights, self.spec.k, tolerance)
 
-    def text_to_image(self, views: Sequence[list[View]]) -> pl.DataFrame:
-        """``views``: the caption set views of each encoder's protocol, in the same order."""
+    def _hubness(self, hubness):
+        hubness = [None] * len(self.protocols) if hubness is None else list(hubness)
+        if len(hubness) != len(self.protocols):
+            raise ValueError(f"{len(hubness)} hubness normalizations for {len(self.protocols)} encoders")
+        return hubness
+
+    def text_to_image(self, views: Sequence[list[View]], hubness=None) -> pl.DataFrame:
+        """``views``: the caption set views of each encoder's protocol, in the same order;
+        ``hubness``: None, or each encoder's ``Hubness`` in the same order."""
         first = self.protocols[0]
+        hubness = self._hubness(hubness)
+        share = (len(self.protocols) + 1) * (1 if hubness[0] is None else 2)
         pieces = []
-        for queries in first.t2i_blocks(views[0], share=len(self.protocols) + 1):
+        for queries in first.t2i_blocks(views[0], share=share):
             relevant = first.t2i_relevant(queries)
             ids = first.ref_caption_id[queries].astype(str)
-            streams = [p.t2i_scores(queries, v) for p, v in zip(self.protocols, views)]
+            streams = [p.t2i_normalized(queries, v, h) for p, v, h in zip(self.protocols, views, hubness)]
             for parts in zip(*streams, strict=True):
-                view, aggregation, fused = self._fuse(parts)
+                view, aggregation, normalization, fused = self._fuse(parts)
                 counts = tie_counts(fused, relevant, FUSED_TIE_TOLERANCE, ids)
-                pieces.append(_frame("t2i", view.label, aggregation, ids, counts))
+                pieces.append(_frame("t2i", view.label, aggregation, ids, counts, normalization))
         return pl.concat(pieces)
 
-    def image_to_text(self, views: Sequence[list[View]]) -> pl.DataFrame:
+    def image_to_text(self, views: Sequence[list[View]], hubness=None) -> pl.DataFrame:
         first = self.protocols[0]
+        hubness = self._hubness(hubness)
+        share = (len(self.protocols) + 1) * (1 if hubness[0] is None else 2)
         pieces = []
-        for images in first.i2t_blocks(views[0], share=len(self.protocols) + 1):
+        for images in first.i2t_blocks(views[0], share=share):
             relevant = first.i2t_relevant(images)
             ids = np.array([first.image_ids[i] for i in images], dtype=object).astype(str)
-            streams = [p.i2t_scores(images, v) for p, v in zip(self.protocols, views)]
+            streams = [p.i2t_normalized(images, v, h) for p, v, h in zip(self.protocols, views, hubness)]
             for parts in zip(*streams, strict=True):
-                view, aggregation, fused = self._fuse(parts)
+                view, aggregation, normalization, fused = self._fuse(parts)
                 counts = tie_counts(fused, relevant, FUSED_TIE_TOLERANCE, ids)
-                pieces.append(_frame("i2t", view.label, aggregation, ids, counts))
+                pieces.append(_frame("i2t", view.label, aggregation, ids, counts, normalization))
         return pl.concat(pieces)

@@ -15,6 +15,11 @@ Aggregations over an image's database texts (``AGGREGATIONS``):
 
 Similarities are computed once per *unique* text pair (identical texts therefore tie exactly) in
 blocks of queries sized to ``memory_mb``: no queries x captions matrix is ever held whole.
+
+Hubness-aware scoring (``hubness.py``): with a ``Hubness`` given, every (caption set, aggregation)
+is evaluated once per normalization, its scores normalised before the same tie counting; the
+query bank's statistics come in blocks through ``bank_blocks``, ``t2i_bank_scores`` and
+``grouped_i2t_scores``, the very scoring code of the evaluated queries.
 """
 
 from __future__ import annotations
@@ -29,10 +34,13 @@ from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
 from ..encoders import Representation
+from .caption_sets import CaptionSetFusion
+from .representations import StackedRepresentation, pair_scores
 
 log = logging.getLogger(__name__)
 
 AGGREGATIONS = ("max", "mean", "rrf")
+NO_NORMALIZATION = "none"
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,10 @@ class Protocol:
         self.n_images = len(self.image_ids)
         self.reference_rep = reference_rep
         self.generated_rep = generated_rep
-        self.gen_index = {text: i for i, text in enumerate(generated_rep.texts)}
+        parts = generated_rep.parts if isinstance(generated_rep, StackedRepresentation) else [generated_rep]
+        offsets = np.cumsum([0] + [len(part) for part in parts])
+        self.gen_indexes = [{text: int(offsets[p]) + i for i, text in enumerate(part.texts)} for p, part in enumerate(parts)]
+        self.gen_index = self.gen_indexes[0]
         ref_index = {text: i for i, text in enumerate(reference_rep.texts)}
 
         references = references.filter(pl.col("image_id").is_in(self.image_ids))
@@ -106,8 +117,10 @@ class Protocol:
         is_query = np.isin(self.ref_image, self.query_images)
         self.t2i_queries = np.flatnonzero(is_query)  # reference rows that are text-to-image queries
 
-    def view(self, label: str, rows: pl.DataFrame) -> View:
-        return View.build(label, rows, self.image_index, self.gen_index)
+    def view(self, label: str, rows: pl.DataFrame, part: int = 0) -> View:
+        """The caption set ``rows`` as a view; ``part``: which part of a StackedRepresentation
+        (the generated texts) holds their texts."""
+        return View.build(label, rows, self.image_index, self.gen_indexes[part])
 
     # -- budget ---------------------------------------------------------------------------------
     def _block_rows(self, floats_per_row: int) -> int:
@@ -115,21 +128,32 @@ class Protocol:
         return max(1, int(budget // max(floats_per_row, 1)))
 
     # -- text to image --------------------------------------------------------------------------
-    def text_to_image(self, views: list[View]) -> pl.DataFrame:
+    def text_to_image(self, views: list[View], hubness=None) -> pl.DataFrame:
+        """Per-query tie counts of every view and aggregation (and normalization of ``hubness``)."""
         pieces = []
-        for queries in self.t2i_blocks(views):
+        share = 1 if hubness is None else 2  # a normalised copy of each block of scores
+        for queries in self.t2i_blocks(views, share=share):
             relevant = self.t2i_relevant(queries)
             ids = self.ref_caption_id[queries].astype(str)
-            for view, aggregation, scores in self.t2i_scores(queries, views):
+            for view, aggregation, normalization, scores in self.t2i_normalized(queries, views, hubness):
                 counts = tie_counts(scores, relevant, self.settings.tie_tolerance, ids)
-                pieces.append(_frame("t2i", view.label, aggregation, ids, counts))
+                pieces.append(_frame("t2i", view.label, aggregation, ids, counts, normalization))
         return pl.concat(pieces)
+
+    def t2i_normalized(self, queries: np.ndarray, views: list[View], hubness=None):
+        """(view, aggregation, normalization label, scores): t2i_scores once per normalization."""
+        for view, aggregation, scores in self.t2i_scores(queries, views):
+            if hubness is None:
+                yield view, aggregation, NO_NORMALIZATION, scores
+                continue
+            for label, normalized in hubness.normalized("t2i", view.label, aggregation, scores):
+                yield view, aggregation, label, normalized
 
     def t2i_blocks(self, views: list[View], share: int = 1) -> Iterator[np.ndarray]:
         """Blocks of text-to-image queries (rows of the reference table) within the memory budget,
         ``share`` evaluations holding their blocks at once; equal texts fall in the same block."""
         query_texts = np.unique(self.ref_text[self.t2i_queries])
-        width = len(self.generated_rep) + sum(len(v.gen_idx) for v in views) + 3 * self.n_images
+        width = len(self.generated_rep) + sum(view_rows(v) for v in views) + 3 * self.n_images
         step = self._block_rows(width * share)
         bar = tqdm(total=len(query_texts), desc="text-to-image", unit="query", disable=not self.settings.progress)
         for start in range(0, len(query_texts), step):
@@ -147,13 +171,23 @@ class Protocol:
         """(view, aggregation, queries x gallery images scores) of the text-to-image ``queries``,
         one view and aggregation at a time; each distinct query text is scored once."""
         texts, query_rows = np.unique(self.ref_text[queries], return_inverse=True)
-        sims = self.reference_rep.scores_against(self.generated_rep, texts)
+        sims = pair_scores(self.reference_rep, self.generated_rep, texts)
         for view in views:
             for aggregation in self.settings.aggregations:
                 yield view, aggregation, self._aggregate_images(sims, view, aggregation)[query_rows]
 
+    def t2i_bank_scores(self, rep: Representation, rows: np.ndarray, views: list[View]):
+        """((view label, aggregation), bank queries x images scores) of the texts ``rows`` of ``rep``
+        (a query bank, or the evaluated captions), scored exactly as text-to-image queries."""
+        sims = pair_scores(rep, self.generated_rep, rows)
+        for view in views:
+            for aggregation in self.settings.aggregations:
+                yield (view.label, aggregation), self._aggregate_images(sims, view, aggregation)
+
     def _aggregate_images(self, sims: np.ndarray, view: View, aggregation: str) -> np.ndarray:
         """(queries x images) scores from (queries x unique texts) similarities."""
+        if isinstance(view, CaptionSetFusion):
+            return _weighted_mean([self._aggregate_images(sims, m, aggregation) for m in view.members], view.weights)
         out = np.full((sims.shape[0], self.n_images), -np.inf, dtype=np.float64)
         if len(view.gen_idx) == 0:
             return out
@@ -172,27 +206,57 @@ class Protocol:
         return out
 
     # -- image to text --------------------------------------------------------------------------
-    def image_to_text(self, views: list[View]) -> pl.DataFrame:
+    def image_to_text(self, views: list[View], hubness=None) -> pl.DataFrame:
+        """Per-query tie counts of every view and aggregation (and normalization of ``hubness``)."""
         pieces = []
-        for images in self.i2t_blocks(views):
+        share = 1 if hubness is None else 2
+        for images in self.i2t_blocks(views, share=share):
             relevant = self.i2t_relevant(images)
             ids = np.array([self.image_ids[i] for i in images], dtype=object).astype(str)
-            for view, aggregation, scores in self.i2t_scores(images, views):
+            for view, aggregation, normalization, scores in self.i2t_normalized(images, views, hubness):
                 counts = tie_counts(scores, relevant, self.settings.tie_tolerance, ids)
-                pieces.append(_frame("i2t", view.label, aggregation, ids, counts))
+                pieces.append(_frame("i2t", view.label, aggregation, ids, counts, normalization))
         return pl.concat(pieces)
 
-    def i2t_blocks(self, views: list[View], share: int = 1) -> Iterator[np.ndarray]:
-        """Blocks of image-to-text query images within the memory budget (``share`` as in t2i_blocks)."""
+    def i2t_normalized(self, images: np.ndarray, views: list[View], hubness=None):
+        """(view, aggregation, normalization label, scores): i2t_scores once per normalization."""
+        for view, aggregation, scores in self.i2t_scores(images, views):
+            if hubness is None:
+                yield view, aggregation, NO_NORMALIZATION, scores
+                continue
+            for label, normalized in hubness.normalized("i2t", view.label, aggregation, scores):
+                yield view, aggregation, label, normalized
+
+    def i2t_blocks(self, views: list[View], share: int = 1, progress: bool | None = None,
+                   images: np.ndarray | None = None) -> Iterator[np.ndarray]:
+        """Blocks of image-to-text query images (default: the split's) within the memory budget
+        (``share`` as in t2i_blocks)."""
+        images = self.query_images if images is None else images
         n_refs = len(self.ref_text)
-        rows_per_image = max(1, max((len(v.gen_idx) for v in views), default=1) / max(self.n_images, 1))
-        step = self._block_rows(int((len(views) * rows_per_image + 2) * n_refs + len(self.reference_rep)) * share)
-        bar = tqdm(total=len(self.query_images), desc="image-to-text", unit="image", disable=not self.settings.progress)
-        for start in range(0, len(self.query_images), step):
-            images = self.query_images[start : start + step]
-            yield images
-            bar.update(len(images))
+        rows_per_image = max(1, max((view_rows(v) for v in views), default=1) / max(self.n_images, 1))
+        members = max((view_members(v) for v in views), default=1)
+        step = self._block_rows(int((len(views) * rows_per_image + 1 + members) * n_refs + len(self.reference_rep)) * share)
+        show = self.settings.progress if progress is None else progress
+        bar = tqdm(total=len(images), desc="image-to-text", unit="image", disable=not show)
+        for start in range(0, len(images), step):
+            block = images[start : start + step]
+            yield block
+            bar.update(len(block))
         bar.close()
+
+    def bank_blocks(self, n_rows: int, views: list[View], direction: str = "t2i",
+                    texts_per_query: float = 1.0) -> Iterator[np.ndarray]:
+        """Blocks (index arrays into 0..n_rows) of bank queries within the memory budget: t2i, bank
+        texts scoring the gallery images through every view; i2t, bank pseudo-images of about
+        ``texts_per_query`` texts scoring every human caption. Room is left for the statistics'
+        working copies (a merge of the top-k and the exp of one block)."""
+        if direction == "t2i":
+            width = len(self.generated_rep) + sum(view_rows(v) for v in views) + 5 * self.n_images
+        else:
+            width = int(texts_per_query * (len(self.reference_rep) + len(self.ref_text)) + 5 * len(self.ref_text))
+        step = self._block_rows(width)
+        for start in range(0, n_rows, step):
+            yield np.arange(start, min(start + step, n_rows))
 
     def i2t_relevant(self, images: np.ndarray) -> np.ndarray:
         return self.ref_image[None, :] == images[:, None]
@@ -200,25 +264,48 @@ class Protocol:
     def i2t_scores(self, images: np.ndarray, views: list[View]) -> Iterator[tuple[View, str, np.ndarray]]:
         """(view, aggregation, images x reference captions scores) of the image-to-text query
         ``images``, one view and aggregation at a time."""
-        settings = self.settings
-        n_refs = len(self.ref_text)
         for view in views:
-            members = np.flatnonzero(np.isin(view.row_image, images))
-            texts, inverse = np.unique(view.gen_idx[members], return_inverse=True)
-            sims = self.generated_rep.scores_against(self.reference_rep, texts) if len(texts) else None
-            for aggregation in settings.aggregations:
-                scores = np.full((len(images), n_refs), -np.inf, dtype=np.float64)
-                if sims is not None:
-                    starts, owners = _group_starts(view.row_image[members])
-                    position = {int(image): i for i, image in enumerate(images)}
-                    if aggregation == "rrf":  # ranks need every reference caption, duplicates included
-                        per_row = sims[inverse][:, self.ref_text]
-                        per_row = 1.0 / (settings.rrf_k + rankdata(-per_row, method="min", axis=1))
-                        per_image = _reduce(per_row, starts, "sum", axis=0)
-                    else:  # max/mean commute with picking columns: reduce on distinct texts first
-                        per_image = _reduce(sims[inverse], starts, aggregation, axis=0)[:, self.ref_text]
-                    scores[[position[int(o)] for o in owners]] = per_image
+            for aggregation, scores in self._i2t_view_scores(images, view):
                 yield view, aggregation, scores
+
+    def _i2t_view_scores(self, images: np.ndarray, view) -> Iterator[tuple[str, np.ndarray]]:
+        """(aggregation, images x reference captions scores) of one view, one aggregation at a time
+        (a caption-set fusion walks its members in step)."""
+        if isinstance(view, CaptionSetFusion):
+            for parts in zip(*(self._i2t_view_scores(images, member) for member in view.members), strict=True):
+                yield parts[0][0], _weighted_mean([scores for _, scores in parts], view.weights)
+            return
+        members = np.flatnonzero(np.isin(view.row_image, images))
+        position = {int(image): i for i, image in enumerate(images)}
+        stream = self.grouped_i2t_scores(self.generated_rep, view.gen_idx[members], view.row_image[members])
+        for aggregation in self.settings.aggregations:
+            scores = np.full((len(images), len(self.ref_text)), -np.inf, dtype=np.float64)
+            found = next(stream, None)
+            if found is not None:
+                _, owners, per_image = found
+                scores[[position[int(o)] for o in owners]] = per_image
+            yield aggregation, scores
+
+    def grouped_i2t_scores(self, rep: Representation, text_rows: np.ndarray,
+                           owner: np.ndarray) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """(aggregation, owners, owners x reference captions scores), one aggregation at a time:
+        each owner (an image, or a bank pseudo-image) is represented by its texts ``text_rows`` of
+        ``rep`` (rows sorted by ``owner``) and scores every human caption of the gallery; nothing
+        when there is no row."""
+        if len(text_rows) == 0:
+            return
+        settings = self.settings
+        texts, inverse = np.unique(text_rows, return_inverse=True)
+        sims = rep.scores_against(self.reference_rep, texts)
+        starts, owners = _group_starts(owner)
+        for aggregation in settings.aggregations:
+            if aggregation == "rrf":  # ranks need every reference caption, duplicates included
+                per_row = sims[inverse][:, self.ref_text]
+                per_row = 1.0 / (settings.rrf_k + rankdata(-per_row, method="min", axis=1))
+                per_owner = _reduce(per_row, starts, "sum", axis=0)
+            else:  # max/mean commute with picking columns: reduce on distinct texts first
+                per_owner = _reduce(sims[inverse], starts, aggregation, axis=0)[:, self.ref_text]
+            yield aggregation, owners, per_owner
 
 
 def query_images(in_split: np.ndarray, ref_image: np.ndarray) -> np.ndarray:
@@ -269,13 +356,35 @@ def _reduce(values: np.ndarray, starts: np.ndarray, how: str, axis: int) -> np.n
     return sums / (sizes[:, None] if axis == 0 else sizes[None, :])
 
 
-def _frame(direction: str, label: str, aggregation: str, queries: np.ndarray, counts) -> pl.DataFrame:
+def view_rows(view) -> int:
+    """Caption rows a view scores (a fusion: all its members'), for the memory budget."""
+    if isinstance(view, CaptionSetFusion):
+        return sum(view_rows(member) for member in view.members)
+    return len(view.gen_idx)
+
+
+def view_members(view) -> int:
+    """How many base views a view scores at once (a fusion: its members), for the memory budget."""
+    return len(view.members) if isinstance(view, CaptionSetFusion) else 1
+
+
+def _weighted_mean(parts: list[np.ndarray], weights) -> np.ndarray:
+    """Sum of weight x scores (weights sum to 1); -inf in any part (no text in that set) stays -inf."""
+    out = np.zeros_like(parts[0], dtype=np.float64)
+    for part, weight in zip(parts, weights, strict=True):
+        out += weight * part
+    return out
+
+
+def _frame(direction: str, label: str, aggregation: str, queries: np.ndarray, counts,
+           normalization: str = "none") -> pl.DataFrame:
     above, tied_other, tied_relevant = counts
     return pl.DataFrame(
         {
             "direction": direction,
             "caption_set": label,
             "aggregation": aggregation,
+            "normalization": normalization,
             "query": queries.tolist(),
             "above": above.astype(np.int64),
             "tied_other": tied_other.astype(np.int64),

@@ -10,10 +10,11 @@ import polars as pl
 
 from ..errors import TrsllavaError
 
-AXES = ("datasets", "captioners", "prompts", "encoders", "aggregations")
+AXES = ("datasets", "captioners", "prompts", "encoders", "aggregations", "normalizations")
 COLUMN_OF = {"datasets": "dataset", "captioners": "captioner", "prompts": "prompt", "encoders": "encoder",
-             "aggregations": "aggregation"}
-LABELLED = ("captioner", "prompt", "encoder", "aggregation")  # dataset names stay: they name files
+             "aggregations": "aggregation", "normalizations": "normalization"}
+# dataset names stay: they name files
+LABELLED = ("captioner", "prompt", "encoder", "aggregation", "normalization")
 ORDERS = ("mR", "config")
 
 

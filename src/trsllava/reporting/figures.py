@@ -21,7 +21,17 @@ from matplotlib.patches import Patch  # noqa: E402
 from trsllava.atomic import atomic_path  # noqa: E402
 
 from .figure_options import FigureOptions  # noqa: E402
-from .tables import KIND_CAPTIONS, KIND_COLUMN, KIND_DIAGNOSTIC, headline_rows, load_reference_results  # noqa: E402
+from .tables import (  # noqa: E402
+    KIND_CAPTIONS,
+    KIND_COLUMN,
+    KIND_DIAGNOSTIC,
+    NO_NORMALIZATION,
+    NORMALIZATION_COLUMN,
+    headline_rows,
+    load_reference_results,
+    transductive,
+    with_normalization,
+)
 
 DPI = 150
 LABEL_SIZE = 8
@@ -70,7 +80,12 @@ def _save(fig: Figure, out_dir: Path, stem: str, formats, dpi: int = DPI, width:
 
 
 def _row_label(row: dict, columns=("captioner", "prompt", "encoder", "aggregation")) -> str:
-    return SEP.join(str(row[c]) for c in columns)
+    """The row's keys joined; its normalization is added when it is not ``none``."""
+    label = SEP.join(str(row[c]) for c in columns)
+    normalization = row.get(NORMALIZATION_COLUMN)
+    if normalization and normalization != NO_NORMALIZATION:
+        label += f"{SEP}{normalization}"
+    return label
 
 
 def _datasets(ablation: pl.DataFrame) -> list[str]:
@@ -78,12 +93,14 @@ def _datasets(ablation: pl.DataFrame) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------
-# mR heatmap: caption set x encoder, best aggregation per cell
+# mR heatmap: caption set x encoder, best aggregation (and normalization) per cell
 
 
 def mr_heatmap(ablation: pl.DataFrame, dataset: str, order: str = "mR") -> Figure:
-    """order: mR (rows and columns alphabetical) or config (as they come in ``ablation``)."""
+    """order: mR (rows and columns alphabetical) or config (as they come in ``ablation``). A cell is
+    the best non-transductive row (transductive normalizations appear in mr_by_normalization)."""
     part = ablation.filter((pl.col("dataset") == dataset) & pl.col("mR").is_not_null() & pl.col("mR").is_not_nan())
+    part = part.filter(~transductive(part))
     best = (
         part.sort("mR", descending=True, maintain_order=True)
         .group_by(["captioner", "prompt", "encoder"], maintain_order=True)
@@ -102,17 +119,20 @@ def mr_heatmap(ablation: pl.DataFrame, dataset: str, order: str = "mR") -> Figur
     encoders = encoders if order == "config" else sorted(encoders)
     values = np.full((len(caption_sets), len(encoders)), np.nan)
     aggregations = [[""] * len(encoders) for _ in caption_sets]
+    normalized = NORMALIZATION_COLUMN in part.columns and part[NORMALIZATION_COLUMN].drop_nulls().n_unique() > 1
     for r in best.iter_rows(named=True):
         i = caption_sets.index((r["captioner"], r["prompt"]))
         j = encoders.index(r["encoder"])
         values[i, j] = r["mR"]
         aggregations[i][j] = str(r["aggregation"])
+        if normalized:
+            aggregations[i][j] += "\n" + str(r.get(NORMALIZATION_COLUMN) or NO_NORMALIZATION)
 
     row_labels = [wrap(f"{c}{SEP}{p}") for c, p in caption_sets]
     col_labels = [wrap(str(e), 20) for e in encoders]
     label_lines = max(label.count("\n") + 1 for label in row_labels)
     width = 3.0 + 1.5 * len(encoders) + 0.06 * max(len(line) for label in row_labels for line in label.split("\n"))
-    height = 1.6 + max(0.55, 0.22 * label_lines) * len(caption_sets)
+    height = 1.6 + max(0.55 * (1.4 if normalized else 1.0), 0.22 * label_lines) * len(caption_sets)
     fig = Figure(figsize=(max(width, 4.5), max(height, 2.6)))
     ax = fig.add_subplot()
     masked = np.ma.masked_invalid(values)
@@ -131,14 +151,76 @@ def mr_heatmap(ablation: pl.DataFrame, dataset: str, order: str = "mR") -> Figur
             color = "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"
             ax.text(j, i - 0.08, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=9, color=color,
                     fontweight="bold")
-            ax.text(j, i + 0.22, aggregations[i][j], ha="center", va="center", fontsize=6, color=color)
+            ax.text(j, i + (0.26 if normalized else 0.22), aggregations[i][j], ha="center", va="center",
+                    fontsize=5 if normalized else 6, color=color)
     ax.set_xticks(range(len(encoders)), col_labels, fontsize=LABEL_SIZE)
     ax.set_yticks(range(len(caption_sets)), row_labels, fontsize=LABEL_SIZE)
     ax.set_xlabel("encoder", fontsize=LABEL_SIZE)
     ax.set_ylabel("caption set (captioner · prompt)", fontsize=LABEL_SIZE)
     ax.set_title(f"mR (%) — {dataset}", fontsize=10)
     colorbar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03)
-    colorbar.set_label("mR (%), best aggregation", fontsize=LABEL_SIZE)
+    colorbar.set_label("mR (%), best aggregation" + (" and normalization" if normalized else ""), fontsize=LABEL_SIZE)
+    colorbar.ax.tick_params(labelsize=LABEL_SIZE)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# mR by normalization: normalization x encoder, best caption set and aggregation per cell
+
+
+def mr_by_normalization(ablation: pl.DataFrame, dataset: str, order: str = "mR") -> Figure:
+    """Per normalization (rows) and encoder (columns) the best mR over caption sets and
+    aggregations, the caption set and aggregation written in the cell; order as mr_heatmap's."""
+    part = with_normalization(ablation).filter(
+        (pl.col("dataset") == dataset) & pl.col("mR").is_not_null() & pl.col("mR").is_not_nan())
+    if KIND_COLUMN in part.columns:  # the CLIP baselines have no caption set to normalise
+        part = part.filter(pl.col(KIND_COLUMN).fill_null(KIND_CAPTIONS) == KIND_CAPTIONS)
+    if part.is_empty():
+        fig = Figure(figsize=(4.5, 2.6))
+        ax = fig.add_subplot()
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"mR by normalization — {dataset}: no evaluation", ha="center", va="center", fontsize=LABEL_SIZE)
+        return fig
+    best = (part.sort("mR", descending=True, maintain_order=True)
+            .group_by([NORMALIZATION_COLUMN, "encoder"], maintain_order=True).first())
+    normalizations = list(dict.fromkeys(part[NORMALIZATION_COLUMN].to_list()))
+    encoders = list(dict.fromkeys(part["encoder"].to_list()))
+    if order != "config":
+        encoders = sorted(encoders)
+        first = [NO_NORMALIZATION] if NO_NORMALIZATION in normalizations else []
+        normalizations = first + sorted(n for n in normalizations if n != NO_NORMALIZATION)
+    values = np.full((len(normalizations), len(encoders)), np.nan)
+    notes = [[""] * len(encoders) for _ in normalizations]
+    for r in best.iter_rows(named=True):
+        i, j = normalizations.index(r[NORMALIZATION_COLUMN]), encoders.index(r["encoder"])
+        values[i, j] = r["mR"]
+        notes[i][j] = wrap(f"{r['prompt']} · {r['aggregation']}", 18)
+    width = 3.2 + 1.45 * len(encoders) + 0.06 * max(len(n) for n in normalizations)
+    fig = Figure(figsize=(max(width, 4.5), max(1.6 + 0.62 * len(normalizations), 2.6)))
+    ax = fig.add_subplot()
+    finite = values[np.isfinite(values)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if vmax - vmin < 1e-9:
+        vmin, vmax = vmin - 1.0, vmax + 1.0
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    cmap = image.get_cmap()
+    for i in range(len(normalizations)):
+        for j in range(len(encoders)):
+            if not np.isfinite(values[i, j]):
+                ax.text(j, i, "n/a", ha="center", va="center", fontsize=LABEL_SIZE, color="0.4")
+                continue
+            red, green, blue, _ = cmap(image.norm(values[i, j]))
+            color = "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"
+            ax.text(j, i - 0.12, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=9, color=color, fontweight="bold")
+            ax.text(j, i + 0.25, notes[i][j], ha="center", va="center", fontsize=5, color=color)
+    ax.set_xticks(range(len(encoders)), [wrap(str(e), 20) for e in encoders], fontsize=LABEL_SIZE)
+    ax.set_yticks(range(len(normalizations)), [wrap(str(n), 32) for n in normalizations], fontsize=LABEL_SIZE)
+    ax.set_xlabel("encoder", fontsize=LABEL_SIZE)
+    ax.set_ylabel("normalization", fontsize=LABEL_SIZE)
+    ax.set_title(f"mR (%) by normalization — {dataset}", fontsize=10)
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03)
+    colorbar.set_label("mR (%), best caption set and aggregation", fontsize=LABEL_SIZE)
     colorbar.ax.tick_params(labelsize=LABEL_SIZE)
     fig.tight_layout()
     return fig
@@ -229,7 +311,7 @@ def _our_bars(rows: pl.DataFrame) -> list[tuple[str, float, str]]:
     bars = []
     frame = rows.with_columns(pl.lit(KIND_CAPTIONS).alias(KIND_COLUMN)) if KIND_COLUMN not in rows.columns else rows
     frame = frame.sort("mR", descending=True, maintain_order=True)
-    captions = frame.filter(pl.col(KIND_COLUMN).fill_null(KIND_CAPTIONS) == KIND_CAPTIONS)
+    captions = frame.filter((pl.col(KIND_COLUMN).fill_null(KIND_CAPTIONS) == KIND_CAPTIONS) & ~transductive(frame))
     if not captions.is_empty():
         best = captions.row(0, named=True)
         bars.append((f"trsllava (best): {_row_label(best)}", float(best["mR"]), "ours"))
@@ -358,7 +440,8 @@ def write_figures(
     datasets: list[str] | None = None,
     skipped: list[dict] = (),
 ) -> list[Path]:
-    """Write mr_heatmap_<dataset>, recall_bars_<dataset> and headline under ``out_dir``, drawing
+    """Write mr_heatmap_<dataset>, mr_normalization_<dataset>, recall_bars_<dataset> and headline
+    under ``out_dir``, drawing
     the rows, order, labels, size and formats of ``options`` (config.yaml's `figures:`; ``formats``
     and ``reference_names`` are used when no options are given); return the written paths.
     ``datasets``: datasets that get their figures even without a row (their caption sets skipped);
@@ -376,6 +459,8 @@ def write_figures(
     for dataset in every_dataset:
         stem = _safe_name(dataset)
         written += _save(mr_heatmap(ablation, dataset, options.order), out_dir, f"mr_heatmap_{stem}", **save)
+        written += _save(mr_by_normalization(ablation, dataset, options.order), out_dir,
+                         f"mr_normalization_{stem}", **save)
         written += _save(recall_bars(ablation, dataset, options.order, options.max_bar_rows), out_dir,
                          f"recall_bars_{stem}", **save)
     written += _save(headline(everything, reference, names, skipped), out_dir, "headline", **save)

@@ -1,5 +1,5 @@
-"""The ablation table: every (dataset, captioner, prompt, encoder, aggregation) evaluation in one
-frame, written as CSV, Parquet, Markdown and LaTeX; and the published reference numbers."""
+"""The ablation table: every (dataset, captioner, prompt, encoder, aggregation, normalization)
+evaluation in one frame, written as CSV, Parquet, Markdown and LaTeX; and the published reference numbers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from tabulate import tabulate
 
 from trsllava.atomic import write_csv, write_parquet, write_text
 
-KEY_COLUMNS = ["dataset", "captioner", "prompt", "encoder", "aggregation"]
+KEY_COLUMNS = ["dataset", "captioner", "prompt", "encoder", "aggregation", "normalization"]
+NORMALIZATION_COLUMN = "normalization"
+NO_NORMALIZATION = "none"  # rows of metrics files without the column (baselines, older runs)
 ABLATION_COLUMNS = [
     *KEY_COLUMNS,
     "i2t_r1",
@@ -40,6 +42,7 @@ def gather_ablation(metric_files: list[Path]) -> pl.DataFrame:
     if not files:
         raise ValueError("no metrics files to gather")
     frame = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+    frame = with_normalization(frame)
     missing = [c for c in ABLATION_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"metrics files lack column(s) {missing}")
@@ -48,6 +51,13 @@ def gather_ablation(metric_files: list[Path]) -> pl.DataFrame:
     )
     rest = [c for c in frame.columns if c not in ABLATION_COLUMNS]
     return frame.select(ABLATION_COLUMNS + rest).sort(KEY_COLUMNS, maintain_order=True)
+
+
+def with_normalization(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with a ``normalization`` column, ``none`` where a row has none."""
+    if NORMALIZATION_COLUMN in frame.columns:
+        return frame.with_columns(pl.col(NORMALIZATION_COLUMN).fill_null(NO_NORMALIZATION))
+    return frame.with_columns(pl.lit(NO_NORMALIZATION).alias(NORMALIZATION_COLUMN))
 
 
 def headline_rows(frame: pl.DataFrame) -> pl.DataFrame:
@@ -83,9 +93,19 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
 
 
+def transductive(frame: pl.DataFrame) -> pl.Expr:
+    """Rows whose normalization took its statistics from the evaluated queries themselves (labelled
+    ``...-transductive``): reported, never a best row."""
+    if NORMALIZATION_COLUMN not in frame.columns:
+        return pl.lit(False)
+    return pl.col(NORMALIZATION_COLUMN).fill_null(NO_NORMALIZATION).str.contains("transductive", literal=True)
+
+
 def _best_mr(frame: pl.DataFrame) -> list[bool]:
-    """Whether each row holds its dataset's best mR (ties all count as best; diagnostic rows never do)."""
+    """Whether each row holds its dataset's best mR (ties all count as best; diagnostic rows and
+    transductive normalizations never do)."""
     eligible = pl.col(KIND_COLUMN).fill_null(KIND_CAPTIONS) != KIND_DIAGNOSTIC if KIND_COLUMN in frame.columns else pl.lit(True)
+    eligible = eligible & ~transductive(frame)
     mr = pl.when(eligible).then(pl.col("mR"))
     best = frame.select((eligible & (mr == mr.max().over("dataset"))).fill_null(False))
     return best.to_series().to_list()
