@@ -107,7 +107,10 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
   runuser -u munge -- /usr/sbin/munged
   for _ in $(seq 1 20); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.25; done
 fi
-slurmctld   # daemonizes, drops to SlurmUser, PID in /run/slurmctld.pid
+# -c: start with no saved jobs. A test cluster stopped with jobs still queued or running (a killed
+# test run, a restarted machine) would otherwise bring them back as RUNNING on a slurmd that knows
+# nothing of them, holding the node until their time limit while new jobs wait (Reason=Resources).
+slurmctld -c   # daemonizes, drops to SlurmUser, PID in /run/slurmctld.pid
 slurmd      # daemonizes as root, PID in /run/slurmd.pid
 for _ in $(seq 1 60); do
   if usable; then echo "slurm_up.sh: started"; sinfo; exit 0; fi

@@ -340,6 +340,11 @@ def test_workstation_profile_plans_the_gpu_jobs(tmp_path):
     from trsllava.captioning.tiny_models import build_tiny_llava
 
     workdir = _test_config(tmp_path, "workstation", build_tiny_llava(tmp_path / "tiny-llava"))
+    # a dry run plans no further than the model checkpoint until its record exists: fetch it first
+    # (a local folder, so the record says available), as the first minute of a real run would
+    fetched = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--cores", "1", str(workdir / "results" / "models" / "tiny.json")],
+                             capture_output=True, text=True, cwd=ROOT)
+    assert fetched.returncode == 0, fetched.stdout[-3000:] + fetched.stderr[-3000:]
     result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--profile", str(WORKSTATION), "-n"],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
