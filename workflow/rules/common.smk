@@ -160,12 +160,16 @@ def text_table(wildcards):
 
 def embedding_shards(table):
     """Input function: the shard reports a representation of `table` (a pattern over the rule's
-    wildcards) is merged from; none for an encoder without per-text vectors (BM25)."""
+    wildcards) is merged from; none for an encoder without per-text vectors (BM25), and none for one
+    shard: the assembling job then fills the cache itself (as resumable, batch by batch), which saves
+    a job that loads torch and the model for every table."""
 
     def shard_reports(wildcards):
         if wildcards.encoder not in VECTOR_ENCODERS:
             return []
         n = encoder_setting(wildcards.encoder, "shards", 1)
+        if n == 1:
+            return []
         name = table.format(**dict(wildcards.items()))
         return [f"{R}/{wildcards.dataset}/embeddings/{wildcards.encoder}/shards/{name}/shard-{i}-of-{n}.json" for i in range(n)]
 
