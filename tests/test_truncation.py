@@ -155,3 +155,24 @@ def test_c14_counts_of_caption_set_and_encoder_fusions(c14):
     assert {label: (fused[label]["truncated_texts"], fused[label]["truncated_references"]) for label in fused} == {
         "copy": (2, 0), "rsrt": (2, 0), "fused": (2, 0), "both": (4, 0)}
     assert all(row["truncated_texts"] is None for row in run(c14, "bm25", extras).values())
+
+
+def test_c14_counts_reach_the_ablation_csv_not_the_markdown(c14, tmp_path):
+    from trsllava.evaluation.evaluate import summarize
+    from trsllava.reporting.tables import gather_ablation, write_ablation
+
+    root = c14[0]
+    run(c14, "minilm")
+    run(c14, "bm25")
+    # a baseline row (CLIP, the oracle) goes through summarize without counts: null, never 0
+    stats = pl.read_parquet(root / "out" / "bm25.ranks.parquet").select("direction", "caption_set", "aggregation", "query",
+                                                                       "above", "tied_other", "tied_relevant")
+    _, baseline = summarize(stats, dataset="c14", captioner="clip:x", encoder="clip", n_images=2, kind="baseline")
+    assert baseline["truncated_texts"].dtype == pl.Int64 and baseline["truncated_texts"].null_count() == baseline.height
+    baseline.write_parquet(tmp_path / "baseline.parquet")
+    paths = write_ablation(gather_ablation([root / "out" / "minilm.metrics.parquet", root / "out" / "bm25.metrics.parquet",
+                                            tmp_path / "baseline.parquet"]), tmp_path)
+    table = pl.read_csv(paths["csv"]).filter(pl.col("prompt") == "rsrt")
+    counts = {(row["encoder"], row["prompt"]): (row["truncated_texts"], row["truncated_references"]) for row in table.iter_rows(named=True)}
+    assert counts == {("minilm", "rsrt"): (2, 0), ("bm25", "rsrt"): (None, None), ("clip", "rsrt"): (None, None)}
+    assert "truncated" not in paths["md"].read_text() and "truncated" not in paths["tex"].read_text()
