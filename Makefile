@@ -47,9 +47,13 @@ report: install
 	$(VENV)/bin/snakemake --report results/report.html
 
 # The vLLM tests run the real engine from $(VLLM_VENV) (built on first use: about 3.6 GB); the SLURM
-# tests start a one-node cluster themselves when run as root (scripts/slurm_up.sh).
+# tests start a one-node cluster themselves when run as root (scripts/slurm_up.sh). Test files run in
+# $(TEST_WORKERS) parallel pytest workers (pytest-xdist, one file per worker at a time: the end-to-end
+# Snakemake tests wait on processes much of their time, so two workers fill the two cores).
+TEST_WORKERS ?= 2
 test: install vllm-env browser
-	TRSLLAVA_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest
+	TRSLLAVA_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+	  $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(VENV)/bin/snakemake --lint

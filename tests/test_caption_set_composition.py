@@ -190,7 +190,7 @@ def test_stacked_bm25_parts_keep_their_own_index(tmp_path):
 
 
 def test_config_checks():
-    assert joined_enabled({}) and not joined_enabled({"caption_sets": {"joined": False}})
+    assert not joined_enabled({}) and joined_enabled({"caption_sets": {"joined": True}})  # opt-in
     specs = caption_set_fusion_specs({"caption_sets": {"fusions": {"f": {"sets": ["a", "b/c"], "weights": [1, 3]}}}})
     assert specs == [CaptionSetFusionSpec("f", ("a", "b/c"), (0.25, 0.75))]
     for entry, message in [({"sets": ["a"]}, "two or more"), ({"sets": ["a", "b"], "weights": [1]}, "one number per set"),

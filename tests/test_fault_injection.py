@@ -126,6 +126,10 @@ def outputs(workdir: Path) -> dict[str, object]:
         relative = str(path.relative_to(results))
         if not path.is_file() or relative.startswith("logs") or path.name.startswith("."):  # logs, the results lock
             continue
+        if relative.startswith("cache/"):
+            # the embedding cache: its chunk files have random names (one per batch written, by whichever
+            # job wrote it); what it holds is compared through the representations assembled from it
+            continue
         if path.suffix == ".parquet":
             found[relative] = pl.read_parquet(path)
         elif path.suffix == ".npy":

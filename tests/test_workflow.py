@@ -56,8 +56,9 @@ def test_ablation_has_exactly_the_expected_rows(finished_run):
     encoders = ("bm25", "minilm", "minilm+bm25")  # minilm+bm25: the default fusion (evaluate_fusion)
     expected = sorted(("sample", "claude-sample", p, e, a) for p in prompts for e in encoders for a in ("max", "mean", "rrf"))
     assert sorted(ablation.select("dataset", "captioner", "prompt", "encoder", "aggregation").rows()) == expected
-    assert ablation.columns[:14] == ["dataset", "captioner", "prompt", "encoder", "aggregation", "i2t_r1", "i2t_r5", "i2t_r10",
-                                     "t2i_r1", "t2i_r5", "t2i_r10", "mR", "mR_optimistic", "mR_pessimistic"]
+    assert ablation.columns[:15] == ["dataset", "captioner", "prompt", "encoder", "aggregation", "normalization", "i2t_r1",
+                                     "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR", "mR_optimistic", "mR_pessimistic"]
+    assert set(ablation["normalization"]) == {"none"}  # the default: raw scores
     assert set(ablation["n_t2i_queries"]) == {300} and set(ablation["n_i2t_queries"]) == {60}
     assert (ablation["mR_pessimistic"] <= ablation["mR"] + 1e-9).all() and (ablation["mR"] <= ablation["mR_optimistic"] + 1e-9).all()
     for ext in ("parquet", "md", "tex"):

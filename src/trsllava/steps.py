@@ -411,6 +411,7 @@ def ablation_tables(config: dict, metric_files: list[Path], out_dir: Path) -> No
 def figures(config: dict, ablation: Path, out_dir: Path, manifest: Path | None = None,
             datasets: list[str] | None = None) -> None:
     """Figures from the ablation table; the manifest gives the footer and what was skipped."""
+    from .evaluation.normalization_spec import several_normalizations
     from .reporting.figure_options import FigureOptions
     from .reporting.figures import write_figures
 
@@ -424,7 +425,7 @@ def figures(config: dict, ablation: Path, out_dir: Path, manifest: Path | None =
         footer = provenance_line(recorded)
         skipped = [m for m in recorded.get("models", []) if not m.get("available", True)]
     write_figures(pl.read_parquet(ablation), Path(out_dir), options=FigureOptions.from_config(config.get("figures")),
-                  footer=footer, datasets=datasets, skipped=skipped)
+                  footer=footer, datasets=datasets, skipped=skipped, normalization_figure=several_normalizations(config))
 
 
 def write_run_manifest(config: dict, workflow_dir: Path, image_tables: list[Path], caption_tables: list[Path],

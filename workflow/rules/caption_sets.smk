@@ -3,28 +3,6 @@
 # caption set changes (BM25 keeps the statistics of the texts it indexed).
 
 
-def joined_inputs(wildcards):
-    """The evaluate rule's joined caption sets and their representation (when caption_sets.joined)."""
-    if not JOINED:
-        return {}
-    return {
-        "joined": f"{R}/{wildcards.dataset}/captions_joined/{wildcards.captioner}.parquet",
-        "joined_rep": f"{R}/{wildcards.dataset}/embeddings/{wildcards.encoder}/joined/{wildcards.captioner}",
-    }
-
-
-def joined_inputs_fusion(wildcards):
-    if not JOINED:
-        return {}
-    return {
-        "joined": f"{R}/{wildcards.dataset}/captions_joined/{wildcards.captioner}.parquet",
-        "joined_reps": [
-            f"{R}/{wildcards.dataset}/embeddings/{e}/joined/{wildcards.captioner}"
-            for e in config["fusions"][wildcards.fusion]["encoders"]
-        ],
-    }
-
-
 rule join_caption_fields:
     """Per variant, the fields of each multi-field prompt joined into one text (empty table when the
     captioner has no such prompt)."""

@@ -47,6 +47,12 @@ def _checked_extras():
 NORMALIZATIONS, CAPTION_SET_FUSIONS, JOINED = _checked_extras()
 
 
+def several_normalizations(config):
+    from trsllava.evaluation.normalization_spec import several_normalizations as several
+
+    return several(config)
+
+
 def evaluation_params(wildcards):
     """What an evaluation computes beyond the caption table: a change reruns it."""
     return {
@@ -297,7 +303,8 @@ def ablation_tables():
 def figure_files():
     datasets = sorted({d for d, _ in caption_sets()})
     names = [f"mr_heatmap_{d}" for d in datasets] + [f"recall_bars_{d}" for d in datasets]
-    names += [f"mr_normalization_{d}" for d in datasets]
+    if several_normalizations(config):
+        names += [f"mr_normalization_{d}" for d in datasets]
     names.append("headline")
     return [
         f"{R}/figures/{name}.{fmt}"
@@ -365,3 +372,51 @@ def finish_run(log):
     if failures:
         sys.exit("\n".join(f"trsllava: {line}" for line in failures))
     print(run_summary(config, model_record_paths()), flush=True)
+
+
+# input functions of query_bank.smk
+def bank_needed():
+    return any(spec.needs_query_bank for spec in NORMALIZATIONS)
+
+
+def bank_inputs(wildcards):
+    """The evaluate rule's query bank inputs, when a normalization uses the bank."""
+    if not bank_needed():
+        return {}
+    return {
+        "bank": f"{R}/{wildcards.dataset}/bank/queries.parquet",
+        "bank_rep": f"{R}/{wildcards.dataset}/embeddings/{wildcards.encoder}/bank",
+    }
+
+
+def bank_inputs_fusion(wildcards):
+    """The evaluate_fusion rule's: the bank and its representation for each fused encoder."""
+    if not bank_needed():
+        return {}
+    return {
+        "bank": f"{R}/{wildcards.dataset}/bank/queries.parquet",
+        "bank_reps": [f"{R}/{wildcards.dataset}/embeddings/{e}/bank" for e in config["fusions"][wildcards.fusion]["encoders"]],
+    }
+
+
+# input functions of caption_sets.smk
+def joined_inputs(wildcards):
+    """The evaluate rule's joined caption sets and their representation (when caption_sets.joined)."""
+    if not JOINED:
+        return {}
+    return {
+        "joined": f"{R}/{wildcards.dataset}/captions_joined/{wildcards.captioner}.parquet",
+        "joined_rep": f"{R}/{wildcards.dataset}/embeddings/{wildcards.encoder}/joined/{wildcards.captioner}",
+    }
+
+
+def joined_inputs_fusion(wildcards):
+    if not JOINED:
+        return {}
+    return {
+        "joined": f"{R}/{wildcards.dataset}/captions_joined/{wildcards.captioner}.parquet",
+        "joined_reps": [
+            f"{R}/{wildcards.dataset}/embeddings/{e}/joined/{wildcards.captioner}"
+            for e in config["fusions"][wildcards.fusion]["encoders"]
+        ],
+    }

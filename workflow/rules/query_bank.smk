@@ -2,30 +2,6 @@
 # queries that are not the evaluated ones, embedded once per encoder.
 
 
-def bank_needed():
-    return any(spec.needs_query_bank for spec in NORMALIZATIONS)
-
-
-def bank_inputs(wildcards):
-    """The evaluate rule's query bank inputs, when a normalization uses the bank."""
-    if not bank_needed():
-        return {}
-    return {
-        "bank": f"{R}/{wildcards.dataset}/bank/queries.parquet",
-        "bank_rep": f"{R}/{wildcards.dataset}/embeddings/{wildcards.encoder}/bank",
-    }
-
-
-def bank_inputs_fusion(wildcards):
-    """The evaluate_fusion rule's: the bank and its representation for each fused encoder."""
-    if not bank_needed():
-        return {}
-    return {
-        "bank": f"{R}/{wildcards.dataset}/bank/queries.parquet",
-        "bank_reps": [f"{R}/{wildcards.dataset}/embeddings/{e}/bank" for e in config["fusions"][wildcards.fusion]["encoders"]],
-    }
-
-
 rule prepare_query_bank:
     """The dataset's query bank (config datasets.<name>.query_bank; default: split train of its
     annotations, or the packaged RSICD train bank for the built-in sample)."""

@@ -153,3 +153,9 @@ def check_normalizations(config: dict) -> list[NormalizationSpec]:
 def needs_query_bank(config: dict) -> bool:
     """Whether any normalization takes its statistics from the query bank."""
     return any(spec.needs_query_bank for spec in check_normalizations(config))
+
+
+def several_normalizations(config: dict) -> bool:
+    """True when config evaluates more than one normalization: only then is the mR-by-normalization
+    figure drawn (one row of `none` says nothing the heatmap does not)."""
+    return len(config.get("normalization") or [NONE]) > 1

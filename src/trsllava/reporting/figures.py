@@ -439,9 +439,10 @@ def write_figures(
     footer: str | None = None,
     datasets: list[str] | None = None,
     skipped: list[dict] = (),
+    normalization_figure: bool = True,
 ) -> list[Path]:
-    """Write mr_heatmap_<dataset>, mr_normalization_<dataset>, recall_bars_<dataset> and headline
-    under ``out_dir``, drawing
+    """Write mr_heatmap_<dataset>, mr_normalization_<dataset> (when ``normalization_figure``),
+    recall_bars_<dataset> and headline under ``out_dir``, drawing
     the rows, order, labels, size and formats of ``options`` (config.yaml's `figures:`; ``formats``
     and ``reference_names`` are used when no options are given); return the written paths.
     ``datasets``: datasets that get their figures even without a row (their caption sets skipped);
@@ -459,8 +460,9 @@ def write_figures(
     for dataset in every_dataset:
         stem = _safe_name(dataset)
         written += _save(mr_heatmap(ablation, dataset, options.order), out_dir, f"mr_heatmap_{stem}", **save)
-        written += _save(mr_by_normalization(ablation, dataset, options.order), out_dir,
-                         f"mr_normalization_{stem}", **save)
+        if normalization_figure:
+            written += _save(mr_by_normalization(ablation, dataset, options.order), out_dir,
+                             f"mr_normalization_{stem}", **save)
         written += _save(recall_bars(ablation, dataset, options.order, options.max_bar_rows), out_dir,
                          f"recall_bars_{stem}", **save)
     written += _save(headline(everything, reference, names, skipped), out_dir, "headline", **save)
