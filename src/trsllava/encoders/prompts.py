@@ -8,9 +8,11 @@ only. An entry gives them as
   query_prompt / document_prompt   explicit strings (either may be left out: no prompt on that side)
   prompts: {query: ..., document: ...}   the same, as one mapping
   prompts: model                   the model's own prompts (sentence-transformers only: the ``prompts``
-                                   of its config_sentence_transformers.json, chosen as
-                                   ``encode_query`` / ``encode_document`` choose them: ``query``, and the
-                                   first of ``document``, ``passage``, ``corpus``)
+                                   of its config_sentence_transformers.json, chosen by the names
+                                   ``encode_query`` / ``encode_document`` look for: ``query``, and the
+                                   first of ``document``, ``passage``, ``corpus``). Read from the file:
+                                   sentence-transformers 6 adds an empty ``document`` prompt to every
+                                   loaded model, so its own ``encode_document`` gives E5 no prompt.
 
 and the prompt is prepended to the text. The two retrieval directions give the roles (encoders.base):
 text-to-image queries are the human captions, image-to-text queries the generated texts. An empty
