@@ -177,6 +177,17 @@ def test_wrong_key_is_one_clear_error_without_the_key(monkeypatch, caplog):
     assert all(key not in json.dumps(enc.fingerprint(role)) for role in ("query", "document"))
 
 
+def test_a_final_error_does_not_wait_for_requests_in_backoff():
+    with FakeServer(statuses=[429, 401]) as server:
+        enc = encoder(server, batch_size=1, concurrency=2, backoff=5.0)
+        started = time.monotonic()
+        with pytest.raises(TrsllavaError, match="HTTP 401"):
+            list(enc.embed_batches([["one"], ["two"]], "query"))
+        elapsed = time.monotonic() - started
+    assert elapsed < 3.0  # the request that got 429 gave up instead of sleeping its 5 s backoff
+    assert len(server.requests) == 2
+
+
 def test_batching_and_bounded_concurrency():
     texts = [f"text number {i}" for i in range(10)]
     with FakeServer(delay=0.2) as server:
@@ -227,7 +238,8 @@ def test_fingerprint_names_model_host_dimensions_prompt_not_key_or_port(monkeypa
                    {"query_prompt": "query: "}):
         assert build_encoder("api", {**base, "base_url": "http://example.org/v1", "dimensions": 256, **change}).fingerprint("query") \
             != enc.fingerprint("query"), change
-    assert "Pw" not in repr(enc) and "sk-fingerprint-secret" not in repr(enc)
+    assert "Pw" not in repr(enc) + json.dumps(enc.describe()) and "sk-fingerprint-secret" not in repr(enc)
+    assert enc.describe()["base_url"] == "http://example.org:8000/v1"
 
 
 def test_dimensions_and_prompts_reach_the_request(tmp_path):

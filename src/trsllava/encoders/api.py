@@ -90,6 +90,11 @@ class OpenAIEmbeddingEncoder(VectorEncoder):
     def __repr__(self) -> str:
         return f"OpenAIEmbeddingEncoder(name={self.name!r}, model={self.model!r}, base_url={public_url(self.base_url)!r}, api_key=***)"
 
+    def describe(self) -> dict:
+        """The config entry with ``base_url`` stripped of any user:password or query (written beside
+        the representation and into reports)."""
+        return {**super().describe(), "base_url": public_url(self.base_url)}
+
     @property
     def url(self) -> str:
         """The embeddings endpoint as shown in logs and errors (no credential)."""
@@ -166,10 +171,13 @@ class OpenAIEmbeddingEncoder(VectorEncoder):
         except ValueError as error:
             raise _Retryable(f"response is not JSON: {error}") from None
 
-    def _request(self, texts: list[str], role: Role) -> np.ndarray:
-        """Vectors of one request's ``texts``: float32 (len(texts), d), unit rows, with retries."""
+    def _request(self, texts: list[str], role: Role, stop: threading.Event | None = None) -> np.ndarray:
+        """Vectors of one request's ``texts``: float32 (len(texts), d), unit rows, with retries;
+        ``stop`` set (another request failed for good): give up before the next attempt."""
         inputs = with_prompt(self.prompt(role), texts)
         for attempt in range(self.retries + 1):
+            if stop is not None and stop.is_set():
+                raise TrsllavaError(f"encoder '{self.name}': request abandoned (another request failed)")
             try:
                 body = self._post(inputs)
                 break
@@ -182,7 +190,10 @@ class OpenAIEmbeddingEncoder(VectorEncoder):
                             attempt + 1, self.retries, delay)
                 with self._lock:
                     self.usage["retries"] += 1
-                time.sleep(delay)
+                if stop is not None:
+                    stop.wait(delay)  # wakes at once when the run is given up
+                else:
+                    time.sleep(delay)
         vectors = self._vectors(body, len(texts))
         with self._lock:
             self.usage["requests"] += 1
@@ -222,13 +233,14 @@ class OpenAIEmbeddingEncoder(VectorEncoder):
                 yield number, np.zeros((0, int(self.dimensions or 0)), dtype=np.float32)
         pending: dict[Future, tuple[int, int]] = {}
         queue = iter(requests)
+        stop = threading.Event()  # set on the way out: requests still retrying give up instead of sleeping on
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix=f"embed-{self.name}") as pool:
 
             def submit_next() -> None:
                 job = next(queue, None)
                 if job is not None:
                     number, start = job
-                    pending[pool.submit(self._request, batches[number][start:start + self.batch_size], role)] = job
+                    pending[pool.submit(self._request, batches[number][start:start + self.batch_size], role, stop)] = job
 
             try:
                 for _ in range(self.concurrency):
@@ -245,6 +257,7 @@ class OpenAIEmbeddingEncoder(VectorEncoder):
                             parts[number] = {}
                             yield number, vectors
             finally:
+                stop.set()
                 for future in pending:
                     future.cancel()
                 self._log_usage(before)
