@@ -133,6 +133,7 @@ def test_server_vectors_match_sentence_transformers(representations):
         assert np.abs(np.linalg.norm(api.vectors, axis=1) - 1).max() < 1e-5
         worst = int(np.argmin(cosines))
         assert cosines.min() >= 0.999, f"text {st.texts[worst]!r}: cosine {cosines[worst]:.6f}"
+        print(f"{('references', 'captions')[side]}: {len(st.texts)} texts, least cosine {cosines.min():.7f}")  # shown with -s
 
 
 def test_ablation_rows_agree_on_the_sample(representations, sample):
@@ -149,6 +150,7 @@ def test_ablation_rows_agree_on_the_sample(representations, sample):
     assert joined["mR"].min() > 10  # real retrieval, not an empty comparison
     difference = (joined["mR"] - joined["mR_api"]).abs()
     assert difference.max() <= 0.1, joined.filter(difference > 0.1)
+    print(f"{joined.height} ablation rows, largest mR difference {difference.max():.4f}")  # shown with -s
 
 
 def test_prompts_reach_the_server_as_sentence_transformers_applies_them(server, monkeypatch):
