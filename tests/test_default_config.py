@@ -11,8 +11,7 @@ import polars as pl
 import pytest
 import yaml
 
-from test_workflow import ROOT, snakemake, write_config
-from trsllava.captioning.tiny_models import build_tiny_llava
+from test_workflow import ROOT, snakemake
 
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 UNREACHABLE_HUB = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}  # a hub that refuses connections
@@ -121,68 +120,64 @@ def fake_hub_cache(hf_home, repo_id, folder):
     (repo / "refs" / "main").write_text(FAKE_COMMIT)
 
 
-def test_a_skipped_model_is_captioned_once_it_is_in_the_cache_and_stamped_on_every_caption(tmp_path):
-    """The auto backend on a hub id. First run offline with nothing cached: the captioner is skipped and
-    the imported caption set is evaluated. Then the model lands in the cache: the next run fetches it
-    (one job records the commit), captions with it in two shards and adds its rows, without redoing
-    the imported set's evaluation; every caption names the hub id and commit (not the cache folder)."""
-    imported = yaml.safe_load((ROOT / "config.yaml").read_text())["captioners"]["claude-sample"]
-    workdir = write_config(tmp_path, encoders={"minilm": {"type": "sentence-transformers", "model": "minilm"}},
-                           aggregations=["max"], captioners={"claude-sample": imported, "tiny": {
-                               "backend": "auto", "model": "trsllava-test/tiny-llava", "prompts": ["rsicd_style"],
-                               "shards": 2, "max_tokens": 4, "temperature": 0}})
-    first = run_with_env(workdir, {"HF_HUB_OFFLINE": "1"}, "--cores", "2")
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert set(pl.read_csv(workdir / "results" / "ablation.csv")["captioner"]) == {"claude-sample"}
-    assert "tiny (trsllava-test/tiny-llava): hub unreachable (HF_HUB_OFFLINE is set)" in first.stdout
-    evaluated = workdir / "results" / "sample" / "eval" / "minilm" / "claude-sample.metrics.parquet"
-    before = evaluated.stat().st_mtime_ns
-
-    fake_hub_cache(tmp_path / "hf-home", "trsllava-test/tiny-llava", build_tiny_llava(tmp_path / "tiny"))
-    run_with_env(workdir, {"HF_HUB_OFFLINE": "1"}, "--cores", "1", str(workdir / "results" / "models" / "tiny.json"))
-    plan = run_with_env(workdir, {"HF_HUB_OFFLINE": "1"}, "-n", "--quiet", "rules").stdout
-    counts = {line.split()[0]: int(line.split()[1]) for line in plan.splitlines()
-              if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts["caption_shard"] == 2 and counts["merge_captions"] == 1 and "fetch_captioner_model" not in counts, plan
-    second = run_with_env(workdir, {"HF_HUB_OFFLINE": "1"}, "--cores", "2")
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert set(pl.read_csv(workdir / "results" / "ablation.csv")["captioner"]) == {"claude-sample", "tiny"}
-    assert evaluated.stat().st_mtime_ns == before  # the imported set's evaluation was not redone
-    assert "skipped (" not in second.stdout[second.stdout.index("trsllava: run summary"):]
-    record = json.loads((workdir / "results" / "models" / "tiny.json").read_text())
-    assert record["model"] == "trsllava-test/tiny-llava" and record["revision"] == FAKE_COMMIT and record["source"] == "hub"
-    assert record["available"] is True
-    table = pl.read_parquet(workdir / "results" / "sample" / "captions" / "tiny.parquet")
-    assert table.height == 60 and set(table["model_id"]) == {"trsllava-test/tiny-llava"}
-    assert set(table["model_revision"]) == {FAKE_COMMIT} and set(table["backend"]) == {"transformers"}
-    log = (workdir / "results" / "logs" / "caption_shard" / "sample" / "tiny" / "shard-0-of-2.log").read_text()
-    assert "captioning backend auto -> transformers" in log
-
-
-def test_default_config_runs_end_to_end_with_tiny_models_under_the_default_ids(tmp_path):
-    """config.yaml exactly as shipped (only `results` moved), offline, with a tiny random SmolVLM
-    (Idefics3, the default captioner's architecture) and a tiny random CLIP placed in the Hugging
-    Face cache under the default hub ids: every default job runs, and the ablation table has the
-    SmolVLM, imported, fusion, CLIP and oracle rows."""
+# The tests below continue the no-hub scenario above (they come after it in this file, and pytest
+# runs a module's tests in file order): the default models land in the cache, and the next run
+# adds them. One incremental run instead of a fresh default run, which saves minutes of test time.
+@pytest.fixture(scope="module")
+def run_with_models_cached(run_without_hub, tmp_path_factory):
+    """The no-hub workdir after tiny random models were placed in its Hugging Face cache under the
+    default hub ids (a SmolVLM of the default captioner's architecture, Idefics3, and a CLIP): the
+    fetch jobs find them; the plan, then a run, offline."""
     from trsllava.baselines.tiny_clip import build_tiny_clip
     from trsllava.captioning.tiny_smolvlm import build_tiny_smolvlm
 
+    workdir, _ = run_without_hub
     default = yaml.safe_load((ROOT / "config.yaml").read_text())
     smolvlm_id = default["captioners"]["smolvlm"]["model"]
     clip_id = default["baselines"]["clip"]["models"]["vit-b32"]["model"]
-    fake_hub_cache(tmp_path / "hf-home", smolvlm_id, build_tiny_smolvlm(tmp_path / "tiny-smolvlm"))
-    fake_hub_cache(tmp_path / "hf-home", clip_id, build_tiny_clip(tmp_path / "tiny-clip"))
-    workdir = default_workdir(tmp_path)
+    models = tmp_path_factory.mktemp("tiny-models")
+    fake_hub_cache(workdir / "hf-home", smolvlm_id, build_tiny_smolvlm(models / "tiny-smolvlm"))
+    fake_hub_cache(workdir / "hf-home", clip_id, build_tiny_clip(models / "tiny-clip"))
+    evaluated = workdir / "results" / "sample" / "eval" / "minilm" / "claude-sample.metrics.parquet"
+    before = evaluated.stat().st_mtime_ns
+    fetched = run_with_env(workdir, {"HF_HUB_OFFLINE": "1"}, "--cores", "1", str(workdir / "results" / "models" / "smolvlm.json"),
+                           str(workdir / "results" / "models" / "clip" / "vit-b32.json"))
+    assert fetched.returncode == 0, fetched.stderr[-3000:]
+    plan = run_with_env(workdir, {"HF_HUB_OFFLINE": "1"}, "-n", "--quiet", "rules").stdout
     result = run_with_env(workdir, {"HF_HUB_OFFLINE": "1"}, "--cores", "2")
-    assert result.returncode == 0, result.stderr[-4000:]
+    return {"workdir": workdir, "plan": plan, "result": result, "smolvlm_id": smolvlm_id,
+            "evaluated": evaluated, "evaluated_before": before}
 
+
+def test_once_in_the_cache_the_skipped_models_are_planned_and_the_rest_is_not_redone(run_with_models_cached):
+    plan, result = run_with_models_cached["plan"], run_with_models_cached["result"]
+    counts = {line.split()[0]: int(line.split()[1]) for line in plan.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["caption_shard"] == 2 and counts["merge_captions"] == 1 and "fetch_captioner_model" not in counts, plan
+    assert "prepare_dataset" not in counts and "import_captions" not in counts, plan
+    assert result.returncode == 0, result.stderr[-4000:]
+    # the imported set's evaluation was not redone
+    assert run_with_models_cached["evaluated"].stat().st_mtime_ns == run_with_models_cached["evaluated_before"]
+    assert "skipped (" not in result.stdout[result.stdout.index("trsllava: run summary"):]
+
+
+def test_the_default_config_then_runs_every_job_and_stamps_the_hub_commit_on_every_caption(run_with_models_cached):
+    """config.yaml exactly as shipped (only `results` moved), offline, the auto backend on a hub id:
+    the ablation table has the SmolVLM, imported, fusion, CLIP and oracle rows; every caption names
+    the hub id and commit (not the cache folder)."""
+    workdir, smolvlm_id = run_with_models_cached["workdir"], run_with_models_cached["smolvlm_id"]
+    assert run_with_models_cached["result"].returncode == 0
     ablation = pl.read_csv(workdir / "results" / "ablation.csv")
-    captioners = set(ablation["captioner"])
-    assert captioners == {"smolvlm", "claude-sample", "clip:vit-b32", "oracle"}
+    assert set(ablation["captioner"]) == {"smolvlm", "claude-sample", "clip:vit-b32", "oracle"}
     assert set(ablation["encoder"]) == {"minilm", "bm25", "minilm+bm25", "clip"}
+    record = json.loads((workdir / "results" / "models" / "smolvlm.json").read_text())
+    assert record["model"] == smolvlm_id and record["revision"] == FAKE_COMMIT and record["source"] == "hub"
+    assert record["available"] is True
     smolvlm = pl.read_parquet(workdir / "results" / "sample" / "captions" / "smolvlm.parquet")
     assert set(smolvlm["model_id"]) == {smolvlm_id} and set(smolvlm["model_revision"]) == {FAKE_COMMIT}
-    assert set(smolvlm["prompt"]) <= {"rsicd_style", "one_sentence"}
+    assert set(smolvlm["prompt"]) <= {"rsicd_style", "one_sentence"} and set(smolvlm["backend"]) == {"transformers"}
+    log = (workdir / "results" / "logs" / "caption_shard" / "sample" / "smolvlm" / "shard-0-of-2.log").read_text()
+    assert "captioning backend auto -> transformers" in log
     quality = json.loads((workdir / "results" / "sample" / "captions" / "smolvlm.quality.json").read_text())
     assert set(quality) == {"rsicd_style", "one_sentence", "images"}  # images: those that could not be captioned
     # the default's processor option reached the backend (and so the cache key of every caption)
@@ -192,3 +187,4 @@ def test_default_config_runs_end_to_end_with_tiny_models_under_the_default_ids(t
     manifest = json.loads((workdir / "results" / "manifest.json").read_text())
     assert {"captioner": "smolvlm", "model": smolvlm_id, "revision": FAKE_COMMIT} in [
         {k: m[k] for k in ("captioner", "model", "revision")} for m in manifest["captioners"]]
+    assert not manifest["skipped"]

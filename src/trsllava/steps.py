@@ -237,12 +237,16 @@ def embed_shard(config: dict, encoder_name: str, table: Path, shard: int, shards
 def embed_texts(config: dict, encoder_name: str, table: Path, out_dir: Path, shards: list[Path] | None = None) -> None:
     """The representation of a table's distinct texts (first-seen order). A vector encoder's is
     assembled from the embedding cache, which its shard jobs filled (their reports are ``shards``;
-    without them this job embeds what is missing itself); BM25 indexes the texts here."""
+    without them this job embeds what is missing itself); BM25 indexes the texts here. Each text's
+    length in the encoder's tokens is saved beside it (tokens.npy) and the number over the encoder's
+    token limit goes to encoder.json and one log line."""
     from .encoders.store import write_representation
 
     encoder = build_encoder(encoder_name, config["encoders"][encoder_name])
     texts = unique_texts(table)
     log.info("encoder %s: %d distinct texts from %s", encoder_name, len(texts), table)
+    tokens = encoder.token_counts(texts)  # how many texts the encoder cuts at its token limit, said in the log
+    tokens.log(encoder_name, table, len(texts))
     if not isinstance(encoder, VectorEncoder):
         with atomic_directory(out_dir) as building:  # a killed or failed job leaves no partial index
             encoder.represent(texts, building)
@@ -256,7 +260,7 @@ def embed_texts(config: dict, encoder_name: str, table: Path, out_dir: Path, sha
         entry = config["encoders"][encoder_name]
         fingerprints = fill_cache(encoder, texts, root, batch_size=int(entry.get("cache_batch_size", 1024)))["roles"]
     with atomic_directory(out_dir) as building:  # a killed or failed job leaves no partial representation
-        write_representation(encoder_name, texts, fingerprints, root, building, encoder.describe())
+        write_representation(encoder_name, texts, fingerprints, root, building, encoder.describe(), tokens=tokens)
 
 
 def _shard_fingerprints(shards: list[Path], encoder_name: str) -> dict:

@@ -23,7 +23,10 @@ Two kinds of encoder:
 from __future__ import annotations
 
 import abc
+import json
+import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -33,8 +36,61 @@ import polars as pl
 from ..atomic import write_parquet
 
 TEXTS_FILE = "texts.parquet"
+TOKENS_FILE = "tokens.npy"  # int32 (n,): each text's length in the encoder's tokens, beside texts.parquet
+ENCODER_FILE = "encoder.json"
 Role = Literal["query", "document"]
 ROLES: tuple[Role, Role] = ("query", "document")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TokenCounts:
+    """How much of each text an encoder sees: ``limit``, the most tokens it reads of a text (None: no
+    limit, e.g. BM25); ``lengths``, int32 (n,), each text's length in its tokens, special tokens and
+    any role prompt included (None: unknown or not applicable). A text longer than ``limit`` is cut
+    to its first ``limit`` tokens before it is embedded: its tail is not seen."""
+
+    limit: int | None = None
+    lengths: np.ndarray | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.limit is not None and self.lengths is not None
+
+    def over(self, rows: np.ndarray | None = None) -> int | None:
+        """How many of the texts ``rows`` (all when None) exceed the limit; None without a limit."""
+        if not self.known:
+            return None
+        lengths = self.lengths if rows is None else self.lengths[np.asarray(rows, dtype=np.int64)]
+        return int(np.count_nonzero(lengths > self.limit))
+
+    def metadata(self, texts: int) -> dict:
+        """The counts written to a representation's encoder.json."""
+        return {"token_limit": self.limit, "truncated": self.over(), "texts": int(texts)}
+
+    def log(self, encoder_name: str, source: object, texts: int) -> None:
+        """One line saying how many of ``source``'s texts the encoder cuts (a warning when any)."""
+        if self.limit is None:
+            log.info("encoder %s: no token limit, all %d texts of %s are read whole", encoder_name, texts, source)
+            return
+        over = self.over()
+        if over is None:
+            return
+        (log.warning if over else log.info)(
+            "encoder %s: %d of %d texts of %s exceed its %d-token limit and are cut to it", encoder_name, over, texts,
+            source, self.limit,
+        )
+
+
+def load_token_counts(directory: Path) -> TokenCounts:
+    """The token counts saved with a representation (``encoder.json``'s ``token_limit`` and
+    ``tokens.npy``); empty (unknown) for a representation written before they were recorded."""
+    directory = Path(directory)
+    metadata = directory / ENCODER_FILE
+    limit = json.loads(metadata.read_text(encoding="utf-8")).get("token_limit") if metadata.is_file() else None
+    lengths = np.load(directory / TOKENS_FILE) if (directory / TOKENS_FILE).is_file() else None
+    return TokenCounts(None if limit is None else int(limit), lengths)
 
 
 class Representation(abc.ABC):
@@ -66,6 +122,12 @@ class Encoder(abc.ABC):
     def describe(self) -> dict:
         """What identifies this encoder's output (written beside the representation, shown in reports)."""
         return {"name": self.name, "type": self.kind, **self.entry}
+
+    def token_counts(self, texts: list[str]) -> TokenCounts:
+        """The encoder's token limit and each of ``texts``' length in its tokens (``TokenCounts``).
+        The default: no limit (a lexical index reads every text whole). Must not load the model:
+        representations are assembled from the embedding cache without it."""
+        return TokenCounts()
 
 
 class VectorEncoder(Encoder):
@@ -123,7 +185,10 @@ class VectorEncoder(Encoder):
         with tempfile.TemporaryDirectory(prefix="trsllava-embeddings-") as scratch:
             root = Path(cache_root) if cache_root is not None else Path(scratch)
             report = fill_cache(self, texts, root, batch_size=int(self.entry.get("cache_batch_size", 1024)))
-            write_representation(self.name, list(dict.fromkeys(texts)), report["roles"], root, Path(directory), self.describe())
+            unique = list(dict.fromkeys(texts))
+            tokens = self.token_counts(unique)
+            tokens.log(self.name, directory, len(unique))
+            write_representation(self.name, unique, report["roles"], root, Path(directory), self.describe(), tokens=tokens)
 
 
 def save_texts(texts: list[str], directory: Path) -> None:

@@ -3,6 +3,12 @@
 ``DenseRepresentation`` holds a query-role and a document-role matrix (the same array for a
 symmetric encoder); ``SentenceTransformerEncoder`` is the sentence-transformers implementation of
 ``VectorEncoder``, asymmetric when given query and document prompts (encoders.prompts).
+
+Token limit. A sentence-transformers model reads at most ``max_seq_length`` tokens of a text
+(all-MiniLM-L6-v2: 256 word pieces, all-mpnet-base-v2: 384, special tokens included) and silently
+drops the rest. ``token_counts`` measures that from the tokenizer alone (no model weights), the way
+sentence-transformers prepares a text: the role prompt prepended, surrounding whitespace stripped,
+lower-cased when the model says ``do_lower_case``.
 """
 
 from __future__ import annotations
@@ -15,12 +21,18 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TrsllavaError
-from .base import Representation, Role, VectorEncoder, load_texts
+from .base import ROLES, Representation, Role, TokenCounts, VectorEncoder, load_texts
 from .prompts import role_prompts
 from .store import ROLE_FILES, VECTORS_FILE
 from .weights import ResolvedModel, resolve_identity
 
 log = logging.getLogger(__name__)
+
+# what the tokenizer and its limits need from a hub snapshot (never the weights)
+TOKENIZER_FILES = ["*.json", "*.txt", "*.model", "*/sentence_bert_config.json", "*/tokenizer*", "*/vocab*", "*/special_tokens_map.json",
+                   "*/*.model", "*/merges.txt"]
+TOKENIZE_BATCH = 4096
+UNBOUNDED = 10**9  # transformers' model_max_length of a tokenizer that states no limit is about 1e30
 
 
 class DenseRepresentation(Representation):
@@ -125,6 +137,49 @@ class SentenceTransformerEncoder(VectorEncoder):
             "model_kwargs": self.entry.get("model_kwargs") or {},
         }
 
+    @cached_property
+    def _tokenizer_and_limit(self):
+        """(tokenizer, token limit or None, do_lower_case) of the model's Transformer module, read
+        from its folder (a hub id: its cached snapshot, tokenizer files only)."""
+        from transformers import AutoTokenizer
+
+        source = Path(self.resolved.source)
+        if not source.is_dir():
+            from huggingface_hub import snapshot_download
+
+            source = Path(snapshot_download(self.resolved.source, revision=self.resolved.revision, allow_patterns=TOKENIZER_FILES))
+        module = source / transformer_module_path(source)
+        settings_file = module / "sentence_bert_config.json"
+        settings = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}
+        tokenizer = AutoTokenizer.from_pretrained(str(module))
+        limits = [int(n) for n in (settings.get("max_seq_length"), getattr(tokenizer, "model_max_length", None))
+                  if n is not None and 0 < int(n) < UNBOUNDED]
+        return tokenizer, (min(limits) if limits else None), bool(settings.get("do_lower_case", False))
+
+    def token_counts(self, texts: list[str]) -> TokenCounts:
+        """Limit: the model's ``max_seq_length`` (sentence_bert_config.json) capped by its tokenizer's
+        ``model_max_length``. Lengths: tokens of prompt + text, special tokens included, the longest
+        over the roles' prompts; int32 (len(texts),). Batch tokenization without truncation, the
+        tokenizer only (the model is never loaded). A tokenizer that cannot be read gives unknown
+        counts and a warning, not a failed merge."""
+        try:
+            tokenizer, limit, lower = self._tokenizer_and_limit
+        except Exception as error:  # a hub id whose tokenizer is not cached, an unreadable folder
+            log.warning("encoder %s: cannot read the tokenizer of %s (%s: %s); its token limit is not checked", self.name,
+                        self.resolved.source, type(error).__name__, error)
+            return TokenCounts()
+        lengths = np.zeros(len(texts), dtype=np.int32)
+        for prompt in dict.fromkeys(self.prompt(role) or "" for role in ROLES):
+            for start in range(0, len(texts), TOKENIZE_BATCH):
+                batch = [(prompt + text).strip() for text in texts[start:start + TOKENIZE_BATCH]]
+                if lower:
+                    batch = [text.lower() for text in batch]
+                ids = tokenizer(batch, add_special_tokens=True, truncation=False, verbose=False,
+                                return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+                chunk = np.fromiter((len(row) for row in ids), dtype=np.int32, count=len(ids))
+                np.maximum(lengths[start:start + len(ids)], chunk, out=lengths[start:start + len(ids)])
+        return TokenCounts(limit, lengths)
+
     def load_model(self):
         import torch
         from sentence_transformers import SentenceTransformer
@@ -162,3 +217,15 @@ class SentenceTransformerEncoder(VectorEncoder):
 
     def close(self) -> None:
         self._model = None
+
+
+def transformer_module_path(folder: Path) -> str:
+    """The sub-folder of a sentence-transformers model holding its Transformer module (usually the
+    folder itself, "0_Transformer" in older models); "" for a plain transformers folder."""
+    modules = folder / "modules.json"
+    if not modules.is_file():
+        return ""
+    for module in json.loads(modules.read_text(encoding="utf-8")):
+        if str(module.get("type", "")).rsplit(".", 1)[-1] == "Transformer":
+            return str(module.get("path", ""))
+    return ""

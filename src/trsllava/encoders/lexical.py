@@ -12,7 +12,7 @@ import bm25s
 import numpy as np
 
 from ..atomic import write_json
-from .base import Encoder, Representation, load_texts, save_texts
+from .base import ENCODER_FILE, Encoder, Representation, load_texts, save_texts
 
 INDEX_DIR = "bm25"
 
@@ -58,4 +58,4 @@ class BM25Encoder(Encoder):
         # trusts the folder once the rule (which ends with texts.parquet) has finished.
         retriever.save(str(directory / INDEX_DIR))
         save_texts(texts, directory)
-        write_json(self.describe(), directory / "encoder.json")
+        write_json({**self.describe(), **self.token_counts(texts).metadata(len(texts))}, directory / ENCODER_FILE)

@@ -6,9 +6,10 @@ Like captioning, a large text table is embedded by ``shards`` independent jobs, 
              is in the same shard whatever the table's order, and in every caption set and dataset),
              ordered by key; ``fill_cache``: embeds the texts not yet cached, one cache chunk per
              batch, so a killed job keeps every finished batch and its rerun encodes only the rest;
-  merge job  ``write_representation``: texts.parquet (the table's distinct texts, first-seen order)
-             and one memory-mapped float32 matrix per distinct role fingerprint, gathered from the
-             cache (no model needed).
+  merge job  ``write_representation``: texts.parquet (the table's distinct texts, first-seen order),
+             one memory-mapped float32 matrix per distinct role fingerprint, gathered from the
+             cache (no model needed), and tokens.npy (each text's length in the encoder's tokens,
+             from its tokenizer alone) with the count of texts over the token limit in encoder.json.
 """
 
 from __future__ import annotations
@@ -21,14 +22,13 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_path, write_json
 from ..errors import TrsllavaError
-from .base import ROLES, Role, VectorEncoder, save_texts
+from .base import ENCODER_FILE, ROLES, TOKENS_FILE, Role, TokenCounts, VectorEncoder, save_texts
 from .cache import EmbeddingCache, MissingEmbeddings, text_keys
 
 log = logging.getLogger(__name__)
 
 VECTORS_FILE = "embeddings.npy"  # symmetric encoders: one matrix for both roles
 ROLE_FILES = {"query": "embeddings.query.npy", "document": "embeddings.document.npy"}  # asymmetric ones
-ENCODER_FILE = "encoder.json"
 
 
 def shard_of(keys: np.ndarray, shards: int) -> np.ndarray:
@@ -102,11 +102,14 @@ def _checked(encoder: VectorEncoder, vectors, n: int) -> np.ndarray:
 
 
 def write_representation(encoder_name: str, texts: list[str], fingerprints: dict[str, dict], root: Path, directory: Path,
-                         description: dict, kind: str | None = None) -> None:
+                         description: dict, kind: str | None = None, tokens: TokenCounts | None = None) -> None:
     """Assemble a representation from the cache: ``texts`` (distinct, in the order to keep) go to
     texts.parquet, their vectors to ``embeddings.npy`` (symmetric) or ``embeddings.query.npy`` and
     ``embeddings.document.npy`` (asymmetric), float32 (len(texts), d), written through a memory map
-    so that memory stays small at any size. Every text must be cached (``fill_cache`` first)."""
+    so that memory stays small at any size. Every text must be cached (``fill_cache`` first).
+    ``tokens`` (the encoder's ``token_counts(texts)``): their lengths go to tokens.npy (int32
+    (len(texts),)) and the limit and the number of texts over it to encoder.json (``token_limit``,
+    ``truncated``, ``texts``; null when the encoder has no limit or ``tokens`` is None)."""
     kind = kind or description["type"]
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -133,7 +136,15 @@ def write_representation(encoder_name: str, texts: list[str], fingerprints: dict
     for stale in [VECTORS_FILE, *ROLE_FILES.values()]:
         if stale not in files and (directory / stale).exists():
             (directory / stale).unlink()  # a rerun after the encoder turned (a)symmetric
+    tokens = tokens or TokenCounts()
+    if tokens.lengths is not None:
+        if len(tokens.lengths) != len(texts):
+            raise TrsllavaError(f"encoder '{encoder_name}': {len(tokens.lengths)} token lengths for {len(texts)} texts")
+        with atomic_path(directory / TOKENS_FILE) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, np.asarray(tokens.lengths, dtype=np.int32))
+    elif (directory / TOKENS_FILE).exists():
+        (directory / TOKENS_FILE).unlink()
     save_texts(texts, directory)
-    write_json({**description, "name": encoder_name, "symmetric": symmetric, "dim": max(dims.values()),
+    write_json({**description, **tokens.metadata(len(texts)), "name": encoder_name, "symmetric": symmetric, "dim": max(dims.values()),
                 "fingerprints": fingerprints, "fingerprint_ids": {role: cache.id for role, cache in caches.items()},
                 "cache": str(Path(root))}, directory / ENCODER_FILE)

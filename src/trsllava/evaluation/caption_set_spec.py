@@ -2,7 +2,7 @@
 stop a bad entry at start, with the key named.
 
     caption_sets:
-      joined: true            # <prompt>/joined: the fields of each variant joined into one text
+      joined: true            # <prompt>/joined: the fields of each variant joined into one text (default false)
       fusions:                # weighted score fusion of caption sets, one more `prompt` row each
         rsrt+style:
           sets: [rsrt/one_sentence, rsicd_style]
@@ -24,7 +24,7 @@ class CaptionSetFusionSpec:
 
 
 def joined_enabled(config: dict) -> bool:
-    return bool((config.get("caption_sets") or {}).get("joined", True))
+    return bool((config.get("caption_sets") or {}).get("joined", False))
 
 
 def caption_set_fusion_specs(config: dict) -> list[CaptionSetFusionSpec]:

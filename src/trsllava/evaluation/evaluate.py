@@ -22,6 +22,7 @@ from .metrics import recalls, with_ranks
 from .normalization_spec import NONE, NormalizationSpec
 from .protocol import NO_NORMALIZATION, Protocol, Settings
 from .representations import StackedRepresentation
+from .truncation import TRUNCATION_COLUMNS, Truncation, fused_truncation, stacked_token_counts, view_truncation
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,16 @@ def build_views(protocol: Protocol, captions: pl.DataFrame, joined: pl.DataFrame
     return views
 
 
+def truncation_of(protocol: Protocol, views: list, generated_rep_dir: Path, joined_rep_dir: Path | None,
+                  reference_rep_dir: Path) -> Truncation:
+    """Per caption set, its distinct texts and the gallery's distinct reference captions that the
+    encoder cut at its token limit (evaluation.truncation), from the token lengths saved with the
+    representations (the joined texts' stacked after the caption table's, as in build_protocol)."""
+    stacked = isinstance(protocol.generated_rep, StackedRepresentation)  # the joined texts after the caption table's
+    generated = stacked_token_counts([generated_rep_dir, joined_rep_dir] if stacked else [generated_rep_dir])
+    return view_truncation(views, generated, stacked_token_counts([reference_rep_dir]), protocol.ref_text)
+
+
 def evaluate(
     *,
     dataset: str,
@@ -127,14 +138,17 @@ def evaluate(
     if extras.normalizing:
         hubness = Hubness.prepare(protocol, views, extras.normalizations, extras.bank(encoder_name, encoder_entry, bank_rep_dir))
     stats = pl.concat([protocol.text_to_image(views, hubness), protocol.image_to_text(views, hubness)])
-    return _write(stats, dataset, captioner, encoder_name, protocol.n_images, metrics_out, ranks_out)
+    truncation = truncation_of(protocol, views, generated_rep_dir, joined_rep_dir, reference_rep_dir)
+    return _write(stats, dataset, captioner, encoder_name, protocol.n_images, metrics_out, ranks_out, truncation)
 
 
 def summarize(stats: pl.DataFrame, *, dataset: str, captioner: str, encoder: str, n_images: int,
-              kind: str | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+              kind: str | None = None, truncation: Truncation | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Per-query stats with ranks, and one metrics row per (caption set, aggregation,
-    normalization); ``kind``
-    (baseline, diagnostic) marks rows that are not caption-set results."""
+    normalization); ``kind`` (baseline, diagnostic) marks rows that are not caption-set results;
+    ``truncation`` (per caption set label, evaluation.truncation) fills the Int64 columns
+    truncated_texts and truncated_references, null where it has no count."""
+    truncation = truncation or {}
     stats = with_ranks(stats).with_columns(
         pl.lit(dataset).alias("dataset"), pl.lit(captioner).alias("captioner"), pl.lit(encoder).alias("encoder")
     )
@@ -155,16 +169,18 @@ def summarize(stats: pl.DataFrame, *, dataset: str, captioner: str, encoder: str
                 "n_t2i_queries": part.filter(pl.col("direction") == "t2i").height,
                 "n_i2t_queries": part.filter(pl.col("direction") == "i2t").height,
                 "n_gallery_images": n_images,
+                **{column: truncation.get(label, {}).get(column) for column in TRUNCATION_COLUMNS},
                 **({"kind": kind} if kind else {}),
             }
         )
-    return stats, pl.DataFrame(rows)
+    return stats, pl.DataFrame(rows, schema_overrides=dict.fromkeys(TRUNCATION_COLUMNS, pl.Int64))
 
 
 def _write(stats: pl.DataFrame, dataset: str, captioner: str, encoder_name: str, n_images: int,
-           metrics_out: Path, ranks_out: Path) -> pl.DataFrame:
+           metrics_out: Path, ranks_out: Path, truncation: Truncation | None = None) -> pl.DataFrame:
     """Per-query ranks and one metrics row per (caption set, aggregation), written atomically."""
-    stats, metrics = summarize(stats, dataset=dataset, captioner=captioner, encoder=encoder_name, n_images=n_images)
+    stats, metrics = summarize(stats, dataset=dataset, captioner=captioner, encoder=encoder_name, n_images=n_images,
+                               truncation=truncation)
     write_parquet(stats, ranks_out)
     write_parquet(metrics, metrics_out)
     return metrics
@@ -199,12 +215,14 @@ def evaluate_fusion(
     n = len(spec.encoders)
     joined_rep_dirs = joined_rep_dirs or [None] * n
     bank_rep_dirs = bank_rep_dirs or [None] * n
-    protocols, views, hubness = [], [], []
+    protocols, views, hubness, truncations = [], [], [], []
     for index, name in enumerate(spec.encoders):
         protocol = build_protocol(images, references, split, name, encoder_entries[name], reference_rep_dirs[index],
                                   generated_rep_dirs[index], joined, joined_rep_dirs[index], settings)
         protocols.append(protocol)
         views.append(build_views(protocol, captions, joined, extras.caption_set_fusions))
+        truncations.append(truncation_of(protocol, views[-1], generated_rep_dirs[index], joined_rep_dirs[index],
+                                         reference_rep_dirs[index]))
         if extras.normalizing:
             hubness.append(Hubness.prepare(protocol, views[-1], extras.normalizations,
                                            extras.bank(name, encoder_entries[name], bank_rep_dirs[index])))
@@ -215,4 +233,5 @@ def evaluate_fusion(
     )
     hubness = hubness or None
     stats = pl.concat([fused.text_to_image(views, hubness), fused.image_to_text(views, hubness)])
-    return _write(stats, dataset, captioner, spec.name, protocols[0].n_images, metrics_out, ranks_out)
+    return _write(stats, dataset, captioner, spec.name, protocols[0].n_images, metrics_out, ranks_out,
+                  fused_truncation(truncations))
