@@ -193,7 +193,7 @@ def test_batching_and_bounded_concurrency():
     with FakeServer(delay=0.2) as server:
         enc = encoder(server, batch_size=3, concurrency=2)
         vectors = enc.embed(texts, "query")
-    assert [len(inputs) for inputs in server.inputs] == [3, 3, 3, 1]
+    assert sorted(len(inputs) for inputs in server.inputs) == [1, 3, 3, 3]  # concurrent: arrival order varies
     assert sorted(text for inputs in server.inputs for text in inputs) == sorted(texts)
     assert server.max_in_flight == 2  # never more than `concurrency`, and it was used
     np.testing.assert_allclose(vectors, unit(texts), rtol=1e-6)
