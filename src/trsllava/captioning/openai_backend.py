@@ -18,20 +18,20 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import TrsllavaError
+from ..http_api import RETRY_STATUS as _RETRY_STATUS
+from ..http_api import backoff_delay
+from ..http_api import public_url as _public_url
+from ..http_api import retry_after as _retry_after
 from ..images import DEFAULT_OPTIONS, ImageLoader, ImageOptions, encode_png
 from .types import GenerationRequest, GenerationResult, check_requests, check_settings, sampling_temperature
 from .vllm_backend import request_seed
 
 log = logging.getLogger(__name__)
-
-_RETRY_STATUS = {408, 409, 429}  # plus every 5xx
 
 
 class _Retryable(Exception):
@@ -42,23 +42,6 @@ class _Retryable(Exception):
 
 class _Fatal(Exception):
     pass
-
-
-def _retry_after(headers) -> float | None:
-    try:
-        value = headers.get("retry-after") if headers is not None else None
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _public_url(url: str) -> str:
-    """``url`` without user:password and query string (either may hold a credential)."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class OpenAIBackend:
@@ -267,9 +250,7 @@ class OpenAIBackend:
                 if attempt >= self.retries:
                     raise TrsllavaError(f"openai backend: {request.image_path}: {self._redact(exc)} "
                                         f"(gave up after {attempt + 1} attempts)") from None
-                delay = min(self.backoff * 2 ** attempt, 60.0) * (1 + 0.1 * random.random())
-                if exc.retry_after is not None:
-                    delay = max(delay, min(exc.retry_after, 60.0))
+                delay = backoff_delay(attempt, self.backoff, exc.retry_after)
                 log.warning("openai backend: %s: %s; retry %d/%d in %.1f s", request.image_path,
                             self._redact(exc), attempt + 1, self.retries, delay)
                 time.sleep(delay)

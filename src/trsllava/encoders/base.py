@@ -148,7 +148,8 @@ class VectorEncoder(Encoder):
         a cache can be shared between machines), backend, dimensions, normalisation, and the role's
         prompt or input type. Not the role's *name*: two roles with equal fingerprints share one cache
         and one matrix (a symmetric encoder). Not what leaves the vectors unchanged (batch size,
-        device, endpoint URL, thread count). Must be cheap and must not load the model (shard jobs
+        device, an endpoint's port or path, thread count; an API's host is in, as its model name alone
+        does not pin the weights). Must be cheap and must not load the model (shard jobs
         whose texts are all cached never load it)."""
 
     @abc.abstractmethod

@@ -2,7 +2,7 @@
 
 ``DenseRepresentation`` holds a query-role and a document-role matrix (the same array for a
 symmetric encoder); ``SentenceTransformerEncoder`` is the sentence-transformers implementation of
-``VectorEncoder`` (symmetric: no role prompts yet).
+``VectorEncoder``, asymmetric when given query and document prompts (encoders.prompts).
 
 Token limit. A sentence-transformers model reads at most ``max_seq_length`` tokens of a text
 (all-MiniLM-L6-v2: 256 word pieces, all-mpnet-base-v2: 384, special tokens included) and silently
@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import TrsllavaError
 from .base import ROLES, Representation, Role, TokenCounts, VectorEncoder, load_texts
+from .prompts import role_prompts
 from .store import ROLE_FILES, VECTORS_FILE
 from .weights import ResolvedModel, resolve_identity
 
@@ -95,9 +96,35 @@ class SentenceTransformerEncoder(VectorEncoder):
         """The folder or hub id to load and the identity of its weights (resolved once)."""
         return resolve_identity(self.entry["model"], self.entry.get("revision"))
 
+    @cached_property
+    def prompts(self) -> dict[Role, str | None]:
+        """Each role's prompt (config query_prompt/document_prompt or prompts; encoders.prompts)."""
+        return role_prompts(self.name, self.entry, self.model_prompts)
+
     def prompt(self, role: Role) -> str | None:
-        """The text prepended to every ``role`` text (None: symmetric, no prompts)."""
-        return None
+        """The text prepended to every ``role`` text (None: no prompt; both None: symmetric)."""
+        return self.prompts[role]
+
+    def model_prompts(self) -> dict:
+        """The ``prompts`` of the model's config_sentence_transformers.json (``prompts: model``), read
+        without loading the model; an error when the model configures none."""
+        source, filename = self.resolved.source, "config_sentence_transformers.json"
+        try:
+            if Path(source).is_dir():
+                path = Path(source) / filename
+                config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            else:
+                from huggingface_hub import hf_hub_download
+
+                config = json.loads(Path(hf_hub_download(source, filename, revision=self.resolved.revision)).read_text(encoding="utf-8"))
+        except Exception as error:  # unreadable JSON, not in the hub cache offline, no such file on the hub
+            raise TrsllavaError(f"config: encoders.{self.name}.prompts is 'model' but {filename} of {source} cannot be read "
+                                f"({type(error).__name__}: {error})") from None
+        prompts = config.get("prompts") or {}
+        if not prompts:
+            raise TrsllavaError(f"config: encoders.{self.name}.prompts is 'model' but {source} configures no prompts "
+                                f"({filename}); give query_prompt/document_prompt")
+        return prompts
 
     def fingerprint(self, role: Role) -> dict:
         return {

@@ -1,10 +1,12 @@
-"""The encoder registry: config's ``encoders`` entries name a ``type`` from ENCODER_TYPES."""
+"""The encoder registry: config's ``encoders`` entries name a ``type`` from ENCODER_TYPES
+(sentence-transformers, bm25, openai: any OpenAI-compatible embeddings server)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..errors import TrsllavaError
+from .api import OpenAIEmbeddingEncoder
 from .base import Encoder, Representation, VectorEncoder
 from .dense import DenseRepresentation, SentenceTransformerEncoder
 from .lexical import BM25Encoder, BM25Representation
@@ -12,6 +14,7 @@ from .lexical import BM25Encoder, BM25Representation
 ENCODER_TYPES: dict[str, type[Encoder]] = {
     SentenceTransformerEncoder.kind: SentenceTransformerEncoder,
     BM25Encoder.kind: BM25Encoder,
+    OpenAIEmbeddingEncoder.kind: OpenAIEmbeddingEncoder,
 }
 
 
