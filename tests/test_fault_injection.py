@@ -136,6 +136,8 @@ def outputs(workdir: Path) -> dict[str, object]:
             found[relative] = np.load(path)
         elif path.name == "index.json":
             found[relative] = {k: v for k, v in json.loads(path.read_text()).items() if k != "build_seconds"}
+        elif path.name == "encoder.json":  # less the embedding cache's path, which names the working directory
+            found[relative] = {k: v for k, v in json.loads(path.read_text()).items() if k != "cache"}
         elif path.suffix in (".png", ".pdf"):
             found[relative] = "figure"
         else:
