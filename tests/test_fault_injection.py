@@ -338,3 +338,21 @@ print(failed)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table.parquet", "vectors.npy"]
     assert np.array_equal(np.load(tmp_path / "vectors.npy"), np.zeros(10, np.float32))
     assert pl.read_parquet(tmp_path / "table.parquet").equals(pl.DataFrame({"x": [1]}))
+
+
+def test_atomic_outputs_get_the_mode_of_a_plain_write(tmp_path):
+    """tempfile makes files 0600 and folders 0700; an output must be as readable as open() and
+    mkdir() would have made it under the user's umask (here 022: 0644 and 0755)."""
+    from trsllava.atomic import atomic_directory, atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "table.parquet") as tmp:
+            tmp.write_text("x")
+        with atomic_directory(tmp_path / "embeddings") as folder:
+            (folder / "vectors.npy").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "table.parquet").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "embeddings").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "embeddings" / "vectors.npy").stat().st_mode & 0o777 == 0o644

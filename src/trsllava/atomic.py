@@ -38,6 +38,19 @@ def _remove_leftovers(final: Path, pattern: str) -> None:
             stale.unlink(missing_ok=True)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _as_if_created(path: Path, directory: bool = False) -> None:
+    """Give ``path`` the mode a plain open()/mkdir() would have given it: tempfile creates files 0600
+    and folders 0700 (private), which would leave every result unreadable to collaborators and web
+    servers whatever the user's umask says."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds."""
@@ -49,6 +62,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _as_if_created(tmp_path)
         os.replace(tmp_path, final)
     except OSError as exc:  # a full disk, a file size limit, ...: say which output, and that nothing half is kept
         message = f"{final} not written, any earlier version is kept: {exc.strerror or exc}"
@@ -69,6 +83,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
+        _as_if_created(tmp, directory=True)
         if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
         elif final.exists() or final.is_symlink():
