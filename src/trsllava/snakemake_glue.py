@@ -13,6 +13,9 @@ def run(snakemake, stage, **kwargs) -> None:
     if snakemake.log:
         handlers.append(logging.FileHandler(snakemake.log[0], mode="w"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)
+    # faiss logs at INFO the AVX2 build it tried before the generic one it loads
+    # ("ModuleNotFoundError: No module named 'faiss.swigfaiss_avx2'"), which reads like a failure
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         stage(snakemake.config, **kwargs)
     except TrsllavaError as error:
