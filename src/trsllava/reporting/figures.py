@@ -92,6 +92,29 @@ def _datasets(ablation: pl.DataFrame) -> list[str]:
     return sorted(ablation["dataset"].drop_nulls().unique().to_list())
 
 
+def _annotated_grid(ax, values: np.ndarray, notes: list[list[str]], *, value_y: float, note_y: float, note_size: float):
+    """An mR grid: ``values`` (rows x columns, NaN for none) as a viridis image, each cell labelled
+    with its value (bold) and its note below it, in black or white by the cell's luminance; empty
+    cells say n/a. Returns the image (for the colorbar)."""
+    finite = values[np.isfinite(values)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if vmax - vmin < 1e-9:
+        vmin, vmax = vmin - 1.0, vmax + 1.0
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    cmap = image.get_cmap()
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            if not np.isfinite(values[i, j]):
+                ax.text(j, i, "n/a", ha="center", va="center", fontsize=LABEL_SIZE, color="0.4")
+                continue
+            red, green, blue, _ = cmap(image.norm(values[i, j]))
+            color = "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"
+            ax.text(j, i + value_y, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=9, color=color,
+                    fontweight="bold")
+            ax.text(j, i + note_y, notes[i][j], ha="center", va="center", fontsize=note_size, color=color)
+    return image
+
+
 # --------------------------------------------------------------------------------------------------
 # mR heatmap: caption set x encoder, best aggregation (and normalization) per cell
 
@@ -135,24 +158,8 @@ def mr_heatmap(ablation: pl.DataFrame, dataset: str, order: str = "mR") -> Figur
     height = 1.6 + max(0.55 * (1.4 if normalized else 1.0), 0.22 * label_lines) * len(caption_sets)
     fig = Figure(figsize=(max(width, 4.5), max(height, 2.6)))
     ax = fig.add_subplot()
-    masked = np.ma.masked_invalid(values)
-    finite = values[np.isfinite(values)]
-    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    if vmax - vmin < 1e-9:
-        vmin, vmax = vmin - 1.0, vmax + 1.0
-    image = ax.imshow(masked, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
-    cmap = image.get_cmap()
-    for i in range(len(caption_sets)):
-        for j in range(len(encoders)):
-            if not np.isfinite(values[i, j]):
-                ax.text(j, i, "n/a", ha="center", va="center", fontsize=LABEL_SIZE, color="0.4")
-                continue
-            red, green, blue, _ = cmap(image.norm(values[i, j]))
-            color = "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"
-            ax.text(j, i - 0.08, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=9, color=color,
-                    fontweight="bold")
-            ax.text(j, i + (0.26 if normalized else 0.22), aggregations[i][j], ha="center", va="center",
-                    fontsize=5 if normalized else 6, color=color)
+    image = _annotated_grid(ax, values, aggregations, value_y=-0.08, note_y=0.26 if normalized else 0.22,
+                            note_size=5 if normalized else 6)
     ax.set_xticks(range(len(encoders)), col_labels, fontsize=LABEL_SIZE)
     ax.set_yticks(range(len(caption_sets)), row_labels, fontsize=LABEL_SIZE)
     ax.set_xlabel("encoder", fontsize=LABEL_SIZE)
@@ -199,21 +206,7 @@ def mr_by_normalization(ablation: pl.DataFrame, dataset: str, order: str = "mR")
     width = 3.2 + 1.45 * len(encoders) + 0.06 * max(len(n) for n in normalizations)
     fig = Figure(figsize=(max(width, 4.5), max(1.6 + 0.62 * len(normalizations), 2.6)))
     ax = fig.add_subplot()
-    finite = values[np.isfinite(values)]
-    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    if vmax - vmin < 1e-9:
-        vmin, vmax = vmin - 1.0, vmax + 1.0
-    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
-    cmap = image.get_cmap()
-    for i in range(len(normalizations)):
-        for j in range(len(encoders)):
-            if not np.isfinite(values[i, j]):
-                ax.text(j, i, "n/a", ha="center", va="center", fontsize=LABEL_SIZE, color="0.4")
-                continue
-            red, green, blue, _ = cmap(image.norm(values[i, j]))
-            color = "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"
-            ax.text(j, i - 0.12, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=9, color=color, fontweight="bold")
-            ax.text(j, i + 0.25, notes[i][j], ha="center", va="center", fontsize=5, color=color)
+    image = _annotated_grid(ax, values, notes, value_y=-0.12, note_y=0.25, note_size=5)
     ax.set_xticks(range(len(encoders)), [wrap(str(e), 20) for e in encoders], fontsize=LABEL_SIZE)
     ax.set_yticks(range(len(normalizations)), [wrap(str(n), 32) for n in normalizations], fontsize=LABEL_SIZE)
     ax.set_xlabel("encoder", fontsize=LABEL_SIZE)
